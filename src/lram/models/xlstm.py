@@ -1,0 +1,545 @@
+"""xLSTM backbone: mLSTM and sLSTM blocks (Beck et al. 2024) as used by LRAM, in one readable file.
+
+Structure (the paper's blocks, identical to ``xlstm.xLSTMBlockStack`` with mLSTM and vanilla-sLSTM blocks,
+which the tests load weights from and compare against):
+
+* **mLSTM block** (pre-LN, residual): up-projection D -> 2 x inner (inner = proj_factor * D rounded up to a
+  multiple of 64); on the mLSTM branch a causal depthwise conv (k=4) + SiLU feeds q and k; v comes from the
+  pre-conv branch; q/k/v use block-diagonal projections (block size 4); input and forget gates are
+  Linear(3 x inner -> heads) on [q, k, v]; the mLSTM cell (matrix memory, exponential input gate, sigmoid
+  forget gate, stabiliser state m) per head; multi-head norm; learnable skip of the conv output; output gate
+  SiLU(z); down-projection inner -> D.
+* **sLSTM block** (pre-LN, residual): causal conv (k=4) + SiLU feeding the i and f gates; z and o from the
+  block input; head-wise gate projections; sLSTM cell (scalar memory, exponential gating, block-diagonal
+  recurrent weights per head); multi-head norm; then a pre-LN gated GELU feed-forward (x1.3) with residual.
+* post-blocks LayerNorm.
+
+Modes.  ``forward`` runs the mLSTM cell **chunkwise** (memory linear in T: quadratic only inside chunks of
+``chunk_size`` tokens) and the sLSTM cell as a scan; ``step`` on k new tokens runs the very same layer
+code on a [B, k, D] slice continuing from the state, so every weight matrix is read once per call.
+
+Stabiliser convention (a deliberate choice): a fresh state has m = -inf (stored as the finite sentinel
+``M_EMPTY``), i.e. "no history".  With it the recurrent form equals the library's parallel form exactly,
+for mLSTM and sLSTM alike, and the model computes in recurrent inference exactly what it was trained on in
+parallel mode.  (The ``xlstm`` library's own ``step`` starts from m = 0, which changes the normaliser
+max(|q.n|, exp(-m)) slightly; and its sLSTM decides "fresh" for the whole batch at once.)
+
+mLSTM kernels are chosen by name (``XLSTMConfig.mlstm_kernel``): ``"chunkwise"`` (pure PyTorch, default),
+``"recurrent"`` (token loop, a reference), or ``"mlstm_kernels:<name>"`` to use a sequence kernel of the
+``mlstm_kernels`` package (e.g. ``mlstm_kernels:chunkwise--triton_limit_chunk`` on a GPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lram.models.backbone import Backbone
+from lram.models.state import RecurrentState
+
+M_EMPTY = -1.0e30  # stabiliser value of an empty memory (acts as -inf without inf arithmetic)
+
+
+def round_up(x: float, multiple: int = 64) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+@dataclass
+class XLSTMConfig:
+    """Configuration of an xLSTM block stack (defaults: the LRAM paper's settings)."""
+
+    d_model: int
+    num_blocks: int
+    slstm_at: list[int] = field(default_factory=list)  # indices of sLSTM blocks; [] = xLSTM [1:0]
+    num_heads: int = 4  # mLSTM heads
+    proj_factor: float = 2.0  # mLSTM up-projection
+    conv_kernel: int = 4
+    qkv_block_size: int = 4
+    slstm_heads: int = 4
+    ffn_proj_factor: float = 1.3  # sLSTM block gated feed-forward
+    norm_eps: float = 1e-5
+    chunk_size: int = 64  # mLSTM chunkwise kernel: tokens per chunk
+    mlstm_kernel: str = "chunkwise"
+    eps: float = 1e-6  # mLSTM normaliser epsilon
+
+    def __post_init__(self):
+        self.slstm_at = sorted(int(i) for i in self.slstm_at)
+        for i in self.slstm_at:
+            if not 0 <= i < self.num_blocks:
+                raise ValueError(f"slstm_at: block index {i} out of range for num_blocks={self.num_blocks}")
+        if self.d_model % self.slstm_heads and self.slstm_at:
+            raise ValueError(f"d_model={self.d_model} must be divisible by slstm_heads={self.slstm_heads}")
+        if self.inner_dim % self.num_heads or self.inner_dim % self.qkv_block_size:
+            raise ValueError(f"inner dim {self.inner_dim} must be divisible by num_heads and qkv_block_size")
+        if self.mlstm_kernel not in MLSTM_KERNELS and not self.mlstm_kernel.startswith("mlstm_kernels:"):
+            raise ValueError(
+                f"mlstm_kernel: expected one of {list(MLSTM_KERNELS)} or 'mlstm_kernels:<name>', got {self.mlstm_kernel!r}"
+            )
+
+    @property
+    def inner_dim(self) -> int:
+        return round_up(self.proj_factor * self.d_model)
+
+    @property
+    def ffn_dim(self) -> int:
+        return round_up(self.ffn_proj_factor * self.d_model)
+
+    @property
+    def block_types(self) -> list[str]:
+        return ["slstm" if i in self.slstm_at else "mlstm" for i in range(self.num_blocks)]
+
+
+# ============================================================================ mLSTM cell kernels
+# Shapes: q, k, v [B, NH, T, DH]; i, f (gate pre-activations) [B, NH, T];
+# state C [B, NH, DH, DH], n [B, NH, DH], m [B, NH].  Returns h [B, NH, T, DH] and the new (C, n, m).
+MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def mlstm_chunkwise(q, k, v, i, f, state: MLSTMState, chunk_size: int, eps: float = 1e-6):
+    """mLSTM cell, chunkwise-parallel form: exact (same function as the recurrence), memory O(T * chunk)."""
+    B, NH, T, DH = q.shape
+    C0, n0, m0 = state
+    L = min(chunk_size, T)
+    NC = -(-T // L)
+    pad = NC * L - T
+    k = k * (DH**-0.5)
+    lf = F.logsigmoid(f)
+    if pad:  # padded tokens neither write (i = -inf) nor forget (log f = 0): the state passes through
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        i = F.pad(i, (0, pad), value=M_EMPTY)
+        lf = F.pad(lf, (0, pad), value=0.0)
+    q, k, v = (t.reshape(B, NH, NC, L, DH) for t in (q, k, v))
+    i, lf = i.reshape(B, NH, NC, L), lf.reshape(B, NH, NC, L)
+
+    b = lf.cumsum(-1)  # log forget from chunk start to t (inclusive)
+    g = b[..., -1]  # log forget through the whole chunk
+    # summary of each chunk's own contribution to the state at its end
+    a = g.unsqueeze(-1) - b + i  # [B, NH, NC, L]
+    m_loc = a.max(-1).values
+    w = torch.exp(a - m_loc.unsqueeze(-1)).unsqueeze(-1)
+    C_loc = (k * w).transpose(-1, -2) @ v  # [B, NH, NC, DH, DH]
+    n_loc = (k * w).sum(-2)  # [B, NH, NC, DH]
+
+    # inter-chunk recurrence: states at the start of every chunk
+    C_starts, n_starts, m_starts = [], [], []
+    C, n, m = C0, n0, m0
+    for c in range(NC):
+        C_starts.append(C)
+        n_starts.append(n)
+        m_starts.append(m)
+        m_new = torch.maximum(g[..., c] + m, m_loc[..., c])
+        decay = torch.exp(g[..., c] + m - m_new)
+        scale = torch.exp(m_loc[..., c] - m_new)
+        C = decay[..., None, None] * C + scale[..., None, None] * C_loc[:, :, c]
+        n = decay[..., None] * n + scale[..., None] * n_loc[:, :, c]
+        m = m_new
+    C_prev = torch.stack(C_starts, 2)  # [B, NH, NC, DH, DH]
+    n_prev = torch.stack(n_starts, 2)  # [B, NH, NC, DH]
+    m_prev = torch.stack(m_starts, 2)  # [B, NH, NC]
+
+    # outputs: intra-chunk (causal, gated attention-like) + inter-chunk (from the chunk-start state)
+    log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)  # [B, NH, NC, L(t), L(s)]
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    log_d = log_d.masked_fill(~causal, float("-inf"))
+    log_inter = b + m_prev.unsqueeze(-1)  # [B, NH, NC, L]
+    m_t = torch.maximum(log_d.max(-1).values, log_inter)
+    d = torch.exp(log_d - m_t.unsqueeze(-1))
+    s = (q @ k.transpose(-1, -2)) * d  # [B, NH, NC, L, L]
+    inter = torch.exp(log_inter - m_t).unsqueeze(-1)
+    q_inter = q * inter
+    num = s @ v + q_inter @ C_prev
+    den = s.sum(-1) + (q_inter * n_prev.unsqueeze(-2)).sum(-1)
+    h = num / (torch.maximum(den.abs(), torch.exp(-m_t)) + eps).unsqueeze(-1)
+    h = h.reshape(B, NH, NC * L, DH)[:, :, :T]
+    return h, (C, n, m)
+
+
+def mlstm_recurrent(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: float = 1e-6):
+    """mLSTM cell, one token at a time (the defining recurrence; a reference and a small-k step kernel)."""
+    DH = q.shape[-1]
+    k = k * (DH**-0.5)
+    lf = F.logsigmoid(f)
+    C, n, m = state
+    hs = []
+    for t in range(q.shape[2]):
+        m_new = torch.maximum(lf[:, :, t] + m, i[:, :, t])
+        decay = torch.exp(lf[:, :, t] + m - m_new)
+        scale = torch.exp(i[:, :, t] - m_new)
+        kt, vt, qt = k[:, :, t], v[:, :, t], q[:, :, t]
+        C = decay[..., None, None] * C + scale[..., None, None] * (kt.unsqueeze(-1) * vt.unsqueeze(-2))
+        n = decay[..., None] * n + scale[..., None] * kt
+        m = m_new
+        num = (qt.unsqueeze(-2) @ C).squeeze(-2)
+        den = (qt * n).sum(-1)
+        hs.append(num / (torch.maximum(den.abs(), torch.exp(-m)) + eps).unsqueeze(-1))
+    return torch.stack(hs, 2), (C, n, m)
+
+
+def _mlstm_kernels_adapter(name: str) -> Callable:
+    """Wrap a sequence kernel of the ``mlstm_kernels`` package (e.g. Triton kernels on GPU)."""
+    try:
+        from mlstm_kernels.torch import get_mlstm_kernel
+    except ImportError as e:  # pragma: no cover - depends on the extra
+        raise ImportError(
+            f"mlstm_kernel={name!r} needs the 'mlstm_kernels' package: pip install 'lram[gpu]'"
+        ) from e
+    kernel = get_mlstm_kernel(name)
+
+    def run(q, k, v, i, f, state, chunk_size, eps=1e-6):
+        T = q.shape[2]
+        cs = min(chunk_size, T)
+        pad = -T % cs
+        if pad:  # same pass-through padding as mlstm_chunkwise
+            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+            i = F.pad(i, (0, pad), value=M_EMPTY)
+            f = F.pad(f, (0, pad), value=1e4)  # logsigmoid(1e4) = 0: no forgetting
+        C, n, m = state
+        h, (C, n, m) = kernel(
+            q=q, k=k, v=v, i=i, f=f, c_initial=C, n_initial=n, m_initial=m,
+            return_last_states=True, chunk_size=cs, eps=eps,
+        )
+        return h[:, :, :T], (C, n, m)
+
+    return run
+
+
+MLSTM_KERNELS: dict[str, Callable] = {"chunkwise": mlstm_chunkwise, "recurrent": mlstm_recurrent}
+
+
+def get_mlstm_kernel(name: str) -> Callable:
+    if name.startswith("mlstm_kernels:"):
+        return _mlstm_kernels_adapter(name.split(":", 1)[1])
+    return MLSTM_KERNELS[name]
+
+
+# ============================================================================ building blocks
+class BlockDiagonalLinear(nn.Module):
+    """Block-diagonal projection without bias: features split in blocks, each mapped by its own matrix."""
+
+    def __init__(self, features: int, num_blocks: int):
+        super().__init__()
+        self.num_blocks = num_blocks
+        bs = features // num_blocks
+        self.weight = nn.Parameter(torch.empty(num_blocks, bs, bs))  # [block, out, in]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(*shape[:-1], self.num_blocks, -1)
+        return torch.einsum("...hi,hoi->...ho", x, self.weight).reshape(shape)
+
+
+class CausalConv(nn.Module):
+    """Causal depthwise conv over time. State = the last (kernel - 1) inputs, so chunks continue exactly."""
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+        self.conv = nn.Conv1d(channels, channels, kernel, groups=channels, bias=True)
+
+    def forward(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, C], conv_state [B, kernel-1, C] -> (y [B, T, C], new conv_state)."""
+        xs = torch.cat([conv_state.to(x.dtype), x], dim=1)
+        y = self.conv(xs.transpose(1, 2)).transpose(1, 2)
+        return y, xs[:, -(self.kernel - 1) :]
+
+
+def multihead_norm(x: torch.Tensor, num_heads: int, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-head LayerNorm (group norm over heads) of x [..., NH * DH] with a per-feature weight."""
+    shape = x.shape
+    xh = x.reshape(*shape[:-1], num_heads, -1)
+    xh = F.layer_norm(xh, xh.shape[-1:], eps=eps)
+    return xh.reshape(shape) * weight
+
+
+class MLSTMLayer(nn.Module):
+    """The mLSTM block's inner layer (everything between the pre-norm and the residual add)."""
+
+    def __init__(self, cfg: XLSTMConfig):
+        super().__init__()
+        inner, nh = cfg.inner_dim, cfg.num_heads
+        self.cfg = cfg
+        self.inner = inner
+        self.num_heads = nh
+        self.up_proj = nn.Linear(cfg.d_model, 2 * inner, bias=False)
+        self.conv = CausalConv(inner, cfg.conv_kernel)
+        nblk = inner // cfg.qkv_block_size
+        self.q_proj = BlockDiagonalLinear(inner, nblk)
+        self.k_proj = BlockDiagonalLinear(inner, nblk)
+        self.v_proj = BlockDiagonalLinear(inner, nblk)
+        self.igate = nn.Linear(3 * inner, nh)
+        self.fgate = nn.Linear(3 * inner, nh)
+        self.out_norm_weight = nn.Parameter(torch.ones(inner))
+        self.skip = nn.Parameter(torch.ones(inner))
+        self.down_proj = nn.Linear(inner, cfg.d_model, bias=False)
+        self.kernel = get_mlstm_kernel(cfg.mlstm_kernel)
+
+    def forward(self, x: torch.Tensor, st: dict[str, torch.Tensor], chunk_size: int, kernel: Callable):
+        B, T, _ = x.shape
+        nh = self.num_heads
+        x_m, z = self.up_proj(x).chunk(2, dim=-1)
+        x_c, conv_state = self.conv(x_m, st["conv"])
+        x_c = F.silu(x_c)
+        q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
+        qkv = torch.cat([q, k, v], dim=-1)
+        ig = self.igate(qkv).transpose(1, 2).float()  # [B, NH, T]
+        fg = self.fgate(qkv).transpose(1, 2).float()
+
+        def heads(t):
+            return t.reshape(B, T, nh, -1).transpose(1, 2).float()
+
+        h, (C, n, m) = kernel(heads(q), heads(k), heads(v), ig, fg, (st["C"], st["n"], st["m"]), chunk_size, self.cfg.eps)
+        h = h.transpose(1, 2).reshape(B, T, self.inner).to(x.dtype)
+        h = multihead_norm(h, nh, self.out_norm_weight, self.cfg.norm_eps)
+        y = self.down_proj((h + self.skip * x_c) * F.silu(z))
+        return y, {"C": C, "n": n, "m": m, "conv": conv_state}
+
+    def init_state(self, batch_size: int, device) -> dict[str, torch.Tensor]:
+        nh, dh = self.num_heads, self.inner // self.num_heads
+        return {
+            "C": torch.zeros(batch_size, nh, dh, dh, device=device),
+            "n": torch.zeros(batch_size, nh, dh, device=device),
+            "m": torch.full((batch_size, nh), M_EMPTY, device=device),
+            "conv": torch.zeros(batch_size, self.cfg.conv_kernel - 1, self.inner, device=device),
+        }
+
+
+def slstm_scan(wx: torch.Tensor, R: torch.Tensor, st: dict[str, torch.Tensor]):
+    """sLSTM cell over time.  wx [B, T, 4, NH, DH] gate inputs (i, f, z, o, bias included),
+    R [NH, DH, 4 * DH] recurrent weights per head, state h/c/n/m [B, NH, DH].  Returns h [B, T, NH, DH]."""
+    B, T, _, NH, DH = wx.shape
+    h, c, n, m = st["h"], st["c"], st["n"], st["m"]
+    hs = []
+    for t in range(T):
+        ry = (h.unsqueeze(-2) @ R).reshape(B, NH, 4, DH).transpose(1, 2)  # [B, 4, NH, DH]
+        i_raw, f_raw, z_raw, o_raw = (wx[:, t] + ry).unbind(1)
+        log_f_m = m + F.logsigmoid(f_raw)
+        m_new = torch.maximum(i_raw, log_f_m)
+        i_g = torch.exp(i_raw - m_new)
+        f_g = torch.exp(log_f_m - m_new)
+        c = f_g * c + i_g * torch.tanh(z_raw)
+        n = f_g * n + i_g
+        h = torch.sigmoid(o_raw) * c / n
+        m = m_new
+        hs.append(h)
+    return torch.stack(hs, 1), {"h": h, "c": c, "n": n, "m": m}
+
+
+class SLSTMLayer(nn.Module):
+    """The sLSTM block's inner layer (between the pre-norm and the residual add)."""
+
+    def __init__(self, cfg: XLSTMConfig):
+        super().__init__()
+        D, nh = cfg.d_model, cfg.slstm_heads
+        self.cfg = cfg
+        self.num_heads = nh
+        self.conv = CausalConv(D, cfg.conv_kernel)
+        # head-wise gate projections; i and f read the conv branch, z and o the block input
+        self.i_proj = BlockDiagonalLinear(D, nh)
+        self.f_proj = BlockDiagonalLinear(D, nh)
+        self.z_proj = BlockDiagonalLinear(D, nh)
+        self.o_proj = BlockDiagonalLinear(D, nh)
+        self.recurrent = nn.Parameter(torch.zeros(nh, D // nh, 4 * (D // nh)))  # [head, in, gate*out]
+        self.bias = nn.Parameter(torch.zeros(4, D))  # gate-major (i, f, z, o)
+        self.out_norm_weight = nn.Parameter(torch.ones(D))
+
+    def forward(self, x: torch.Tensor, st: dict[str, torch.Tensor]):
+        B, T, D = x.shape
+        nh = self.num_heads
+        x_c, conv_state = self.conv(x, st["conv"])
+        x_c = F.silu(x_c)
+        wx = torch.stack([self.i_proj(x_c), self.f_proj(x_c), self.z_proj(x), self.o_proj(x)], dim=2) + self.bias
+        h, cell = slstm_scan(wx.float().reshape(B, T, 4, nh, D // nh), self.recurrent.float(), st)
+        y = multihead_norm(h.reshape(B, T, D).to(x.dtype), nh, self.out_norm_weight, self.cfg.norm_eps)
+        return y, {**cell, "conv": conv_state}
+
+    def init_state(self, batch_size: int, device) -> dict[str, torch.Tensor]:
+        nh, dh = self.num_heads, self.cfg.d_model // self.num_heads
+        z = torch.zeros(batch_size, nh, dh, device=device)
+        return {
+            "h": z,
+            "c": z.clone(),
+            "n": z.clone(),
+            "m": torch.full_like(z, M_EMPTY),
+            "conv": torch.zeros(batch_size, self.cfg.conv_kernel - 1, self.cfg.d_model, device=device),
+        }
+
+
+class GatedFeedForward(nn.Module):
+    """GELU-gated feed-forward of the sLSTM block."""
+
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.up_proj = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.gelu(gate) * up)
+
+
+class XLSTMBlock(nn.Module):
+    """Pre-LN residual block around an mLSTM or sLSTM layer (sLSTM blocks add a gated feed-forward)."""
+
+    def __init__(self, cfg: XLSTMConfig, block_type: str):
+        super().__init__()
+        self.block_type = block_type
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)
+        if block_type == "mlstm":
+            self.layer = MLSTMLayer(cfg)
+            self.ffn_norm = self.ffn = None
+        else:
+            self.layer = SLSTMLayer(cfg)
+            self.ffn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=False)
+            self.ffn = GatedFeedForward(cfg.d_model, cfg.ffn_dim)
+
+    def forward(self, x: torch.Tensor, st: dict[str, torch.Tensor], chunk_size: int, kernel: Callable):
+        if self.block_type == "mlstm":
+            y, st = self.layer(self.norm(x), st, chunk_size, kernel)
+        else:
+            y, st = self.layer(self.norm(x), st)
+        x = x + y
+        if self.ffn is not None:
+            x = x + self.ffn(self.ffn_norm(x))
+        return x, st
+
+
+# ============================================================================ the backbone
+class XLSTMBackbone(Backbone):
+    """A stack of mLSTM/sLSTM blocks with a final LayerNorm; parallel ``forward`` and recurrent ``step``."""
+
+    kind = "xlstm"
+
+    def __init__(self, config: XLSTMConfig):
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(XLSTMBlock(config, t) for t in config.block_types)
+        self.post_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
+        self.reset_parameters()
+
+    def state_fields(self) -> tuple[str, ...]:
+        return ("d_model", "num_blocks", "slstm_at", "num_heads", "proj_factor", "conv_kernel", "slstm_heads")
+
+    # ---------------------------------------------------------------- modes
+    def _run(self, x, state: RecurrentState | None, chunk_size: int, return_state: bool):
+        B = x.shape[0]
+        tensors = state.tensors if state is not None else self._init_state(B, x.device)
+        kernel = self.blocks[0].layer.kernel if self.blocks else None
+        new: dict[str, torch.Tensor] = {}
+        for j, block in enumerate(self.blocks):
+            prefix = f"blocks.{j}."
+            st = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
+            x, st = block(x, st, chunk_size, kernel)
+            if return_state:
+                new.update({prefix + name: t for name, t in st.items()})
+        y = self.post_norm(x)
+        return y, (RecurrentState(new, self.state_signature()) if return_state else None)
+
+    def _forward(self, x, state, return_state):
+        return self._run(x, state, self.config.chunk_size, return_state)
+
+    def _step(self, x, state):
+        # the k new tokens form one chunk: one read of every weight matrix for the whole call
+        return self._run(x, state, x.shape[1], True)
+
+    def _init_state(self, batch_size, device):
+        out = {}
+        for j, block in enumerate(self.blocks):
+            for name, t in block.layer.init_state(batch_size, device).items():
+                out[f"blocks.{j}.{name}"] = t
+        return out
+
+    # ------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The xlstm library's initialisation (small-init, Wang-init, gate biases, power-law sLSTM biases)."""
+        cfg = self.config
+        D, nb = cfg.d_model, cfg.num_blocks
+        small = math.sqrt(2 / (5 * D))
+        wang = 2 / nb / math.sqrt(D)
+        for j, block in enumerate(self.blocks):
+            block.norm.weight.fill_(1.0)
+            layer = block.layer
+            layer.conv.conv.reset_parameters()
+            layer.out_norm_weight.fill_(1.0)
+            if block.block_type == "mlstm":
+                nn.init.normal_(layer.up_proj.weight, std=small)
+                nn.init.normal_(layer.down_proj.weight, std=wang)
+                for p in (layer.q_proj, layer.k_proj, layer.v_proj):
+                    nn.init.normal_(p.weight, std=small)
+                layer.skip.fill_(1.0)
+                nn.init.zeros_(layer.fgate.weight)
+                layer.fgate.bias.copy_(torch.linspace(3.0, 6.0, cfg.num_heads))
+                nn.init.zeros_(layer.igate.weight)
+                nn.init.normal_(layer.igate.bias, std=0.1)
+            else:
+                for p in (layer.i_proj, layer.f_proj, layer.z_proj, layer.o_proj):
+                    nn.init.normal_(p.weight, std=small)
+                layer.recurrent.zero_()
+                layer.bias.zero_()
+                dh = D // cfg.slstm_heads
+                ratio = j / (nb - 1) if nb > 1 else 0.0
+                powerlaw = -(-5.0 + 12.0 * (torch.arange(dh) / (dh - 1)) ** (0.3 + 1.3 * ratio))
+                layer.bias[1] = powerlaw.repeat(cfg.slstm_heads)  # forget-gate bias
+                block.ffn_norm.weight.fill_(1.0)
+                nn.init.normal_(block.ffn.up_proj.weight, std=small)
+                nn.init.normal_(block.ffn.down_proj.weight, std=wang)
+        self.post_norm.weight.fill_(1.0)
+
+
+# ============================================================================ weights of the reference library
+def load_from_xlstm_library(backbone: XLSTMBackbone, stack: nn.Module) -> None:
+    """Copy the weights of an ``xlstm.xLSTMBlockStack`` (mLSTM blocks, vanilla-backend sLSTM blocks) into
+    ``backbone``.  The library stores LayerNorm weights as offsets from 1 ("residual weight")."""
+    cfg = backbone.config
+    if len(stack.blocks) != cfg.num_blocks:
+        raise ValueError(f"stack has {len(stack.blocks)} blocks, backbone has {cfg.num_blocks}")
+
+    def ln(w):  # the library's LayerNorm weight is 1 + stored weight
+        return 1.0 + w
+
+    with torch.no_grad():
+        for j, (ours, theirs) in enumerate(zip(backbone.blocks, stack.blocks)):
+            ours.norm.weight.copy_(ln(theirs.xlstm_norm.weight))
+            L, T = ours.layer, theirs.xlstm
+            if ours.block_type == "mlstm":
+                if not hasattr(T, "mlstm_cell"):
+                    raise ValueError(f"block {j}: expected an mLSTM block in the library stack")
+                L.up_proj.weight.copy_(T.proj_up.weight)
+                L.conv.conv.weight.copy_(T.conv1d.conv.weight)
+                L.conv.conv.bias.copy_(T.conv1d.conv.bias)
+                for a, b in ((L.q_proj, T.q_proj), (L.k_proj, T.k_proj), (L.v_proj, T.v_proj)):
+                    a.weight.copy_(b.weight)
+                L.igate.weight.copy_(T.mlstm_cell.igate.weight)
+                L.igate.bias.copy_(T.mlstm_cell.igate.bias)
+                L.fgate.weight.copy_(T.mlstm_cell.fgate.weight)
+                L.fgate.bias.copy_(T.mlstm_cell.fgate.bias)
+                L.out_norm_weight.copy_(ln(T.mlstm_cell.outnorm.weight))
+                L.skip.copy_(T.learnable_skip)
+                L.down_proj.weight.copy_(T.proj_down.weight)
+            else:
+                if not hasattr(T, "slstm_cell"):
+                    raise ValueError(f"block {j}: expected an sLSTM block in the library stack")
+                L.conv.conv.weight.copy_(T.conv1d.conv.weight)
+                L.conv.conv.bias.copy_(T.conv1d.conv.bias)
+                # the library feeds its `fgate` projection to the cell's i slot and `igate` to the f slot
+                L.i_proj.weight.copy_(T.fgate.weight)
+                L.f_proj.weight.copy_(T.igate.weight)
+                L.z_proj.weight.copy_(T.zgate.weight)
+                L.o_proj.weight.copy_(T.ogate.weight)
+                cell = T.slstm_cell
+                nh, dh = cfg.slstm_heads, cfg.d_model // cfg.slstm_heads
+                r_ext = cell._recurrent_kernel_int2ext(cell._recurrent_kernel)  # [NH, DH_in, 4, DH_out]
+                L.recurrent.copy_(r_ext.reshape(nh, dh, 4 * dh))
+                b_ext = cell._bias_int2ext(cell._bias)  # [NH, 4, DH]
+                L.bias.copy_(b_ext.permute(1, 0, 2).reshape(4, nh * dh))
+                L.out_norm_weight.copy_(ln(T.group_norm.weight))
+                ours.ffn_norm.weight.copy_(ln(theirs.ffn_norm.weight))
+                ours.ffn.up_proj.weight.copy_(theirs.ffn.proj_up.weight)
+                ours.ffn.down_proj.weight.copy_(theirs.ffn.proj_down.weight)
+        post = stack.post_blocks_norm
+        backbone.post_norm.weight.copy_(ln(post.weight) if hasattr(post, "weight") else torch.ones_like(backbone.post_norm.weight))
