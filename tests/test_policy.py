@@ -104,7 +104,7 @@ def test_padding_is_invisible(name):
     with torch.no_grad():
         ref = model(TrajectoryBatch(states=states, returns_to_go=rtg, rewards=rewards, reward_scale=3.0)).logits
         for left in (True, False):
-            def p(x):
+            def p(x, left=left):
                 z = torch.zeros(1, pad, *x.shape[2:], dtype=x.dtype) + (7.0 if x.is_floating_point() else 0)
                 return torch.cat([z, x] if left else [x, z], dim=1)
             ones, zeros = torch.ones(1, T, dtype=torch.bool), torch.zeros(1, pad, dtype=torch.bool)
@@ -212,3 +212,40 @@ def test_bad_inputs_name_the_argument():
         agent.act(torch.randn(3, 39), torch.zeros(3), torch.zeros(3))
     with pytest.raises(ValueError, match=r"num_actions: values must lie in \[1, 18\]"):
         model.make_agent(2, discrete=True, num_actions=19)
+
+
+@pytest.mark.parametrize("rtg,reward", [(False, True), (True, False), (False, False)])
+def test_conditioning_switches(rtg, reward):
+    """Dropping RTG and/or reward tokens: fewer tokens per step, and acting still equals the forward."""
+    model = make_policy("xlstm", rtg_condition=rtg, reward_condition=reward)
+    assert model.config.tokens_per_step == 1 + int(rtg) + int(reward)
+    assert (model.embed_rtg is None) != rtg and (model.embed_reward is None) != reward
+    B, T = 2, 8
+    states, rewards, rtg_v, _ = random_episode(B, T, discrete=False)
+    agent = model.make_agent(B, discrete=False, action_dims=4)
+    logits, prev_r = [], torch.zeros(B)
+    for t in range(T):
+        agent.act(states[:, t], prev_r, rtg_v[:, t])
+        logits.append(agent.last_logits)
+        prev_r = rewards[:, t]
+    with torch.no_grad():
+        out = model(TrajectoryBatch(states=states, returns_to_go=rtg_v, rewards=rewards))
+    assert rel_err(torch.stack(logits, 1), out.logits) <= 1e-4
+    # without reward conditioning the rewards cannot matter; without RTG the returns cannot
+    with torch.no_grad():
+        other = model(TrajectoryBatch(states=states, returns_to_go=rtg_v * (1 if rtg else 5),
+                                      rewards=rewards * (1 if reward else -3)))
+    assert rel_err(other.logits, out.logits) <= 1e-6
+
+
+def test_compiled_agent_matches_eager():
+    model = make_policy("xlstm")
+    states, rewards, rtg, _ = random_episode(1, 4, discrete=False)
+    eager = model.make_agent(1, discrete=False, action_dims=4)
+    compiled = model.make_agent(1, discrete=False, action_dims=4, compile=True)
+    prev_r = torch.zeros(1)
+    for t in range(4):
+        a = eager.act(states[:, t], prev_r, rtg[:, t])
+        b = compiled.act(states[:, t], prev_r, rtg[:, t])
+        assert rel_err(compiled.last_logits, eager.last_logits) <= 1e-4 and torch.equal(a, b)
+        prev_r = rewards[:, t]

@@ -62,10 +62,13 @@ class Backbone(nn.Module):
         return self._reset_state(state, mask)
 
     def state_signature(self) -> str:
-        """A string that identifies the state layout of this configuration."""
-        fields = dataclasses.asdict(self.config)
-        relevant = {k: fields[k] for k in self.state_fields()}
-        return f"{self.kind}:" + ",".join(f"{k}={v}" for k, v in relevant.items())
+        """A string that identifies the state layout of this configuration (configs are fixed after build)."""
+        sig = self.__dict__.get("_signature")
+        if sig is None:
+            fields = dataclasses.asdict(self.config)
+            relevant = {k: fields[k] for k in self.state_fields()}
+            sig = self.__dict__["_signature"] = f"{self.kind}:" + ",".join(f"{k}={v}" for k, v in relevant.items())
+        return sig
 
     # ---------------------------------------------------------- subclasses
     def state_fields(self) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from torch import nn
 
 from lram.models.backbone import Backbone
 from lram.models.encoders import ImpalaEncoder
+from lram.models.layers import Linear
 from lram.models.presets import backbone_settings
 from lram.models.registry import build_backbone
 from lram.models.state import RecurrentState
@@ -157,16 +158,16 @@ class LRAMPolicy(nn.Module):
         self.config = config
         H = config.d_model
         self.tokenizer = config.tokenizer
-        self.embed_state = nn.Linear(config.state_dim, H)
+        self.embed_state = Linear(config.state_dim, H)
         self.image_encoder = ImpalaEncoder(H, config.image_shape) if config.use_images else None
-        self.embed_rtg = nn.Linear(1, H) if config.rtg_condition else None
-        self.embed_reward = nn.Linear(1, H) if config.reward_condition else None
+        self.embed_rtg = Linear(1, H) if config.rtg_condition else None
+        self.embed_reward = Linear(1, H) if config.reward_condition else None
         self.embed_action = nn.Embedding(config.vocab_size + 1, H) if config.action_condition else None
         self.embed_ln = nn.LayerNorm(H)
         self.backbone: Backbone = build_backbone(
             config.backbone, d_model=H, num_blocks=config.num_blocks, **config.backbone_options
         )
-        self.action_head = nn.Linear(H, config.max_act_dim * config.vocab_size)
+        self.action_head = Linear(H, config.max_act_dim * config.vocab_size)
         self._init_embeddings()
 
     @torch.no_grad()
@@ -421,7 +422,7 @@ class RecurrentAgent:
     """
 
     def __init__(self, model: LRAMPolicy, num_envs: int, *, discrete: bool, num_actions=None,
-                 action_dims=None, reward_scale: float | torch.Tensor = 1.0, device=None):
+                 action_dims=None, reward_scale: float | torch.Tensor = 1.0, device=None, compile: bool = False):
         check_positive_int("num_envs", num_envs)
         self.model = model
         self.num_envs = num_envs
@@ -441,6 +442,17 @@ class RecurrentAgent:
         self.fresh = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         self.prev_action_tokens = torch.full((num_envs, cfg.max_act_dim), cfg.action_pad_id, device=self.device)
         self.last_logits: torch.Tensor | None = None
+        # compile=True: torch.compile the whole step (embedding, backbone step, head) into fused kernels,
+        # which removes most of the per-op overhead that dominates a batch-1 step; costs a compilation
+        self._step_fn = torch.compile(self._step_logits, dynamic=None) if compile else self._step_logits
+
+    def _step_logits(self, obs, prev_reward, rtg, prev_action_tokens, state_tensors):
+        """Embedding of one token group per row, one backbone step, the action head (checks done by act)."""
+        model = self.model
+        tokens = model.embed_groups(obs, rtg, prev_reward, prev_action_tokens, self.reward_scale, batch_dims=1)
+        y, state = model.backbone._step(tokens, RecurrentState(state_tensors, model.backbone.state_signature()))
+        logits = model.action_head(y[:, -1]).reshape(obs.shape[0], model.config.max_act_dim, -1)
+        return logits, state.tensors
 
     def reset(self, mask: torch.Tensor | None = None) -> None:
         """Start new episodes in the rows where ``mask`` [num_envs] is True (all rows if None)."""
@@ -468,11 +480,8 @@ class RecurrentAgent:
             check_tensor("prev_reward", prev_reward, [B])
             check_tensor("rtg", rtg, [B])
         prev_reward = torch.where(self.fresh, torch.zeros_like(prev_reward), prev_reward)
-        tokens = self.model.embed_groups(
-            obs, rtg, prev_reward, self.prev_action_tokens, self.reward_scale, batch_dims=1
-        )  # [B, G, H]
-        y, self.state = self.model.backbone.step(tokens, self.state)
-        logits = self.model.action_head(y[:, -1]).reshape(B, self.model.config.max_act_dim, -1)
+        logits, tensors = self._step_fn(obs, prev_reward, rtg, self.prev_action_tokens, self.state.tensors)
+        self.state = RecurrentState(tensors, self.state.signature)
         self.last_logits = logits
         actions = self.model.decode(logits, self.discrete, self.num_actions, self.action_dims)
         self.fresh = torch.zeros_like(self.fresh)

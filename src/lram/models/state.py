@@ -79,12 +79,15 @@ class RecurrentState:
         return self._map(torch.Tensor.detach)
 
     def rows(self, index: RowIndex) -> RecurrentState:
-        """The state of a subset of batch rows (an int keeps the batch dim)."""
+        """A copy of the state of some batch rows (an int keeps the batch dim).  Always a copy, never a view,
+        so that an in-place ``step`` on it cannot change this state."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
         elif not isinstance(index, (slice, torch.Tensor)):
             index = torch.as_tensor(list(index), dtype=torch.long)
-        return self._map(lambda t: t[index.to(t.device) if isinstance(index, torch.Tensor) else index])
+        if isinstance(index, slice):
+            return self._map(lambda t: t[index].clone())
+        return self._map(lambda t: t[index.to(t.device)])
 
     def where(self, mask: torch.Tensor, other: RecurrentState) -> RecurrentState:
         """Rows from ``other`` where ``mask`` [B] is True, rows of ``self`` elsewhere."""

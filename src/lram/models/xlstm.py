@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lram.models.backbone import Backbone
+from lram.models.layers import Linear
 from lram.models.state import RecurrentState
 
 M_EMPTY = -1.0e30  # stabiliser value of an empty memory (acts as -inf without inf arithmetic)
@@ -180,6 +181,40 @@ def mlstm_recurrent(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: 
     return torch.stack(hs, 2), (C, n, m)
 
 
+@torch.no_grad()
+def mlstm_step_inplace(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: float = 1e-6):
+    """Inference step on a few tokens (one chunk) that updates the state tensors in place.
+
+    The same arithmetic as one chunk of :func:`mlstm_chunkwise`, arranged so that the matrix memory C
+    (the largest tensor of the step: heads x DH x DH per block) is read once for the outputs and updated
+    once in place, instead of being copied several times.  No autograd."""
+    B, NH, L, DH = q.shape
+    C, n, m = state
+    k = k * (DH**-0.5)
+    b = F.logsigmoid(f).cumsum(-1)  # [B, NH, L]
+    log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)  # [B, NH, L, L]
+    if L > 1:
+        log_d = log_d.masked_fill(~torch.ones(L, L, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    log_inter = b + m.unsqueeze(-1)
+    m_t = torch.maximum(log_d.amax(-1), log_inter)
+    s = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m_t.unsqueeze(-1))
+    inter = torch.exp(log_inter - m_t).unsqueeze(-1)
+    num = torch.baddbmm((s @ v).reshape(B * NH, L, DH), (q * inter).reshape(B * NH, L, DH), C.view(B * NH, DH, DH))
+    den = s.sum(-1) + ((q * inter) @ n.unsqueeze(-1)).squeeze(-1)
+    h = num.view(B, NH, L, DH) / (torch.maximum(den.abs(), torch.exp(-m_t)) + eps).unsqueeze(-1)
+    # state update: C <- decay * C + sum_s w_s k_s v_s^T  (in place)
+    g = b[..., -1]
+    a = g.unsqueeze(-1) - b + i
+    m_new = torch.maximum(g + m, a.amax(-1))
+    kw = k * torch.exp(a - m_new.unsqueeze(-1)).unsqueeze(-1)  # [B, NH, L, DH]
+    decay = torch.exp(g + m - m_new)
+    C.mul_(decay[..., None, None]).view(B * NH, DH, DH).baddbmm_(kw.transpose(-1, -2).reshape(B * NH, DH, L),
+                                                                 v.reshape(B * NH, L, DH))
+    n.mul_(decay.unsqueeze(-1)).add_(kw.sum(-2))
+    m.copy_(m_new)
+    return h, (C, n, m)
+
+
 def _mlstm_kernels_adapter(name: str) -> Callable:
     """Wrap a sequence kernel of the ``mlstm_kernels`` package (e.g. Triton kernels on GPU)."""
     try:
@@ -198,12 +233,14 @@ def _mlstm_kernels_adapter(name: str) -> Callable:
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
             i = F.pad(i, (0, pad), value=M_EMPTY)
             f = F.pad(f, (0, pad), value=1e4)  # logsigmoid(1e4) = 0: no forgetting
+        # their memory holds unscaled keys (they scale q instead): C_theirs = sqrt(DH) * C_ours
+        root = q.shape[-1] ** 0.5
         C, n, m = state
         h, (C, n, m) = kernel(
-            q=q, k=k, v=v, i=i, f=f, c_initial=C, n_initial=n, m_initial=m,
+            q=q, k=k, v=v, i=i, f=f, c_initial=C * root, n_initial=n * root, m_initial=m,
             return_last_states=True, chunk_size=cs, eps=eps,
         )
-        return h[:, :, :T], (C, n, m)
+        return h[:, :, :T], (C / root, n / root, m.reshape(m.shape[0], m.shape[1]))
 
     return run
 
@@ -229,8 +266,10 @@ class BlockDiagonalLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x = x.reshape(*shape[:-1], self.num_blocks, -1)
-        return torch.einsum("...hi,hoi->...ho", x, self.weight).reshape(shape)
+        x = x.reshape(*shape[:-1], self.num_blocks, 1, -1)
+        if x.numel() <= 65536:  # few tokens (inference): one broadcast product, no batched-matmul set-up
+            return (x * self.weight).sum(-1).reshape(shape)
+        return (x @ self.weight.transpose(-1, -2)).reshape(shape)
 
 
 class CausalConv(nn.Module):
@@ -244,7 +283,10 @@ class CausalConv(nn.Module):
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T, C], conv_state [B, kernel-1, C] -> (y [B, T, C], new conv_state)."""
         xs = torch.cat([conv_state.to(x.dtype), x], dim=1)
-        y = self.conv(xs.transpose(1, 2)).transpose(1, 2)
+        if x.shape[1] <= 8:  # a few tokens (inference): windows times taps, cheaper than a conv call
+            y = (xs.unfold(1, self.kernel, 1) * self.conv.weight.squeeze(1)).sum(-1) + self.conv.bias
+        else:
+            y = self.conv(xs.transpose(1, 2)).transpose(1, 2)
         return y, xs[:, -(self.kernel - 1) :]
 
 
@@ -265,18 +307,16 @@ class MLSTMLayer(nn.Module):
         self.cfg = cfg
         self.inner = inner
         self.num_heads = nh
-        self.up_proj = nn.Linear(cfg.d_model, 2 * inner, bias=False)
+        self.up_proj = Linear(cfg.d_model, 2 * inner, bias=False)
         self.conv = CausalConv(inner, cfg.conv_kernel)
         nblk = inner // cfg.qkv_block_size
         self.q_proj = BlockDiagonalLinear(inner, nblk)
         self.k_proj = BlockDiagonalLinear(inner, nblk)
         self.v_proj = BlockDiagonalLinear(inner, nblk)
-        self.igate = nn.Linear(3 * inner, nh)
-        self.fgate = nn.Linear(3 * inner, nh)
+        self.gates = Linear(3 * inner, 2 * nh)  # [input gates | forget gates] from [q, k, v]
         self.out_norm_weight = nn.Parameter(torch.ones(inner))
         self.skip = nn.Parameter(torch.ones(inner))
-        self.down_proj = nn.Linear(inner, cfg.d_model, bias=False)
-        self.kernel = get_mlstm_kernel(cfg.mlstm_kernel)
+        self.down_proj = Linear(inner, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, st: dict[str, torch.Tensor], chunk_size: int, kernel: Callable):
         B, T, _ = x.shape
@@ -285,9 +325,7 @@ class MLSTMLayer(nn.Module):
         x_c, conv_state = self.conv(x_m, st["conv"])
         x_c = F.silu(x_c)
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
-        qkv = torch.cat([q, k, v], dim=-1)
-        ig = self.igate(qkv).transpose(1, 2).float()  # [B, NH, T]
-        fg = self.fgate(qkv).transpose(1, 2).float()
+        ig, fg = self.gates(torch.cat([q, k, v], dim=-1)).float().transpose(1, 2).chunk(2, dim=1)  # [B, NH, T]
 
         def heads(t):
             return t.reshape(B, T, nh, -1).transpose(1, 2).float()
@@ -374,8 +412,8 @@ class GatedFeedForward(nn.Module):
 
     def __init__(self, d_model: int, hidden: int):
         super().__init__()
-        self.up_proj = nn.Linear(d_model, 2 * hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d_model, bias=False)
+        self.up_proj = Linear(d_model, 2 * hidden, bias=False)
+        self.down_proj = Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.up_proj(x).chunk(2, dim=-1)
@@ -419,32 +457,38 @@ class XLSTMBackbone(Backbone):
         self.config = config
         self.blocks = nn.ModuleList(XLSTMBlock(config, t) for t in config.block_types)
         self.post_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=False)
+        self.mlstm_kernel = get_mlstm_kernel(config.mlstm_kernel)
+        names = self._init_state(1, "meta")
+        self._state_keys = [
+            [(full, full[len(f"blocks.{j}.") :]) for full in names if full.startswith(f"blocks.{j}.")]
+            for j in range(config.num_blocks)
+        ]
         self.reset_parameters()
 
     def state_fields(self) -> tuple[str, ...]:
         return ("d_model", "num_blocks", "slstm_at", "num_heads", "proj_factor", "conv_kernel", "slstm_heads")
 
     # ---------------------------------------------------------------- modes
-    def _run(self, x, state: RecurrentState | None, chunk_size: int, return_state: bool):
-        B = x.shape[0]
-        tensors = state.tensors if state is not None else self._init_state(B, x.device)
-        kernel = self.blocks[0].layer.kernel if self.blocks else None
+    def _run(self, x, state: RecurrentState | None, chunk_size: int, kernel: Callable, return_state: bool):
+        tensors = state.tensors if state is not None else self._init_state(x.shape[0], x.device)
         new: dict[str, torch.Tensor] = {}
-        for j, block in enumerate(self.blocks):
-            prefix = f"blocks.{j}."
-            st = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
-            x, st = block(x, st, chunk_size, kernel)
+        for block, keys in zip(self.blocks, self._state_keys):
+            x, st = block(x, {short: tensors[full] for full, short in keys}, chunk_size, kernel)
             if return_state:
-                new.update({prefix + name: t for name, t in st.items()})
+                new.update({full: st[short] for full, short in keys})
         y = self.post_norm(x)
         return y, (RecurrentState(new, self.state_signature()) if return_state else None)
 
     def _forward(self, x, state, return_state):
-        return self._run(x, state, self.config.chunk_size, return_state)
+        return self._run(x, state, self.config.chunk_size, self.mlstm_kernel, return_state)
 
     def _step(self, x, state):
-        # the k new tokens form one chunk: one read of every weight matrix for the whole call
-        return self._run(x, state, x.shape[1], True)
+        # the k new tokens form one chunk: one read of every weight matrix for the whole call; without
+        # autograd the pure-PyTorch kernels update the matrix memory in place
+        kernel = self.mlstm_kernel
+        if kernel in (mlstm_chunkwise, mlstm_recurrent) and not torch.is_grad_enabled():
+            kernel = mlstm_step_inplace
+        return self._run(x, state, x.shape[1], kernel, True)
 
     def _init_state(self, batch_size, device):
         out = {}
@@ -472,10 +516,10 @@ class XLSTMBackbone(Backbone):
                 for p in (layer.q_proj, layer.k_proj, layer.v_proj):
                     nn.init.normal_(p.weight, std=small)
                 layer.skip.fill_(1.0)
-                nn.init.zeros_(layer.fgate.weight)
-                layer.fgate.bias.copy_(torch.linspace(3.0, 6.0, cfg.num_heads))
-                nn.init.zeros_(layer.igate.weight)
-                nn.init.normal_(layer.igate.bias, std=0.1)
+                nh = cfg.num_heads
+                nn.init.zeros_(layer.gates.weight)
+                nn.init.normal_(layer.gates.bias[:nh], std=0.1)  # input gates
+                layer.gates.bias[nh:].copy_(torch.linspace(3.0, 6.0, nh))  # forget gates
             else:
                 for p in (layer.i_proj, layer.f_proj, layer.z_proj, layer.o_proj):
                     nn.init.normal_(p.weight, std=small)
@@ -514,10 +558,9 @@ def load_from_xlstm_library(backbone: XLSTMBackbone, stack: nn.Module) -> None:
                 L.conv.conv.bias.copy_(T.conv1d.conv.bias)
                 for a, b in ((L.q_proj, T.q_proj), (L.k_proj, T.k_proj), (L.v_proj, T.v_proj)):
                     a.weight.copy_(b.weight)
-                L.igate.weight.copy_(T.mlstm_cell.igate.weight)
-                L.igate.bias.copy_(T.mlstm_cell.igate.bias)
-                L.fgate.weight.copy_(T.mlstm_cell.fgate.weight)
-                L.fgate.bias.copy_(T.mlstm_cell.fgate.bias)
+                cell = T.mlstm_cell
+                L.gates.weight.copy_(torch.cat([cell.igate.weight, cell.fgate.weight]))
+                L.gates.bias.copy_(torch.cat([cell.igate.bias, cell.fgate.bias]))
                 L.out_norm_weight.copy_(ln(T.mlstm_cell.outnorm.weight))
                 L.skip.copy_(T.learnable_skip)
                 L.down_proj.weight.copy_(T.proj_down.weight)
@@ -542,4 +585,5 @@ def load_from_xlstm_library(backbone: XLSTMBackbone, stack: nn.Module) -> None:
                 ours.ffn.up_proj.weight.copy_(theirs.ffn.proj_up.weight)
                 ours.ffn.down_proj.weight.copy_(theirs.ffn.proj_down.weight)
         post = stack.post_blocks_norm
-        backbone.post_norm.weight.copy_(ln(post.weight) if hasattr(post, "weight") else torch.ones_like(backbone.post_norm.weight))
+        post_weight = ln(post.weight) if hasattr(post, "weight") else torch.ones_like(backbone.post_norm.weight)
+        backbone.post_norm.weight.copy_(post_weight)

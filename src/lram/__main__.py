@@ -1,0 +1,3 @@
+from lram.cli import main
+
+raise SystemExit(main())

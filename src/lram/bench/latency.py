@@ -1,0 +1,242 @@
+"""Inference latency per environment step at batch size 1, against the memory-bound floor.
+
+For every backbone at a size preset, the policy's :class:`RecurrentAgent` acts in one environment with a
+vector observation (204-d, the unified DMControl layout): one call = embedding of (r_{t-1}, s_t, R_t),
+one backbone ``step`` over those 3 tokens, the action head and greedy decoding.  The history before the
+timed steps is C timesteps for each C in ``contexts``:
+
+* xLSTM / Mamba: a real prefill (the parallel forward over 3C random tokens returns the state);
+* Transformer: the KV cache is filled with random keys/values of 3C tokens (a real prefill of 76,800 tokens
+  would take minutes; the cost of a step does not depend on the cached values, only on their number).
+
+The floor is measured in the same run: one pass over the weights that a step reads (every Linear/conv
+weight matrix multiplied by a [3, in] activation), i.e. what a memory-bound step cannot beat.  If the
+``xlstm`` package is installed, its ``xLSTMBlockStack.step`` on the same configuration (three calls of
+one token per environment step) is timed too.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lram.models import LRAMConfig, LRAMPolicy
+from lram.models.presets import SIZE_PRESETS
+from lram.utils.checks import validation
+from lram.utils.io import write_json_atomic
+
+DEFAULT_CONTEXTS = (50, 400, 1600, 6400, 25600)
+DEFAULT_BACKBONES = ("xlstm[1:0]", "xlstm[7:1]", "mamba", "transformer")
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int) -> dict:
+    """Median and quartiles of the wall time of ``fn`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), statistics.median(times), max(times)]
+    return {"median_ms": statistics.median(times), "p25_ms": q[0], "p75_ms": q[2], "repeats": repeats}
+
+
+def step_weight_shapes(model: LRAMPolicy) -> list[tuple[int, ...]]:
+    """Shapes of the weights a vector-observation step reads (the image encoder and lookup tables excluded)."""
+    shapes = []
+    for name, module in model.named_modules():
+        if name.startswith("image_encoder") or isinstance(module, nn.Embedding):
+            continue
+        w = getattr(module, "weight", None)
+        if isinstance(w, torch.Tensor) and w.dim() >= 2 and not name.endswith("pos_embedding"):
+            shapes.append(tuple(w.shape))
+        for pname, p in module.named_parameters(recurse=False):
+            if pname != "weight" and p.dim() >= 2 and "pos" not in pname:
+                shapes.append(tuple(p.shape))
+    return shapes
+
+
+def floor_benchmark(shapes: Sequence[tuple[int, ...]], tokens: int, repeats: int, warmup: int) -> dict:
+    """One pass over weights of the given shapes (the memory-bound floor of a step), timed two ways:
+    a matrix-vector product per matrix, and ``W @ x^T`` with ``tokens`` columns; the faster is the floor."""
+    mats = [torch.randn(s[0], int(torch.tensor(s[1:]).prod())) for s in shapes]
+    vecs = [torch.randn(m.shape[1]) for m in mats]
+    cols = [torch.randn(tokens, m.shape[1]).t() for m in mats]
+
+    def gemv_pass():
+        for m, v in zip(mats, vecs):
+            torch.mv(m, v)
+
+    def columns_pass():
+        for m, c in zip(mats, cols):
+            m @ c
+
+    gemv = time_call(gemv_pass, repeats, warmup)
+    columns = time_call(columns_pass, repeats, warmup)
+    out = dict(min(gemv, columns, key=lambda t: t["median_ms"]))
+    out.update(weights=int(sum(m.numel() for m in mats)), gemv_ms=gemv["median_ms"], columns_ms=columns["median_ms"])
+    return out
+
+
+def _fill_state(model: LRAMPolicy, agent, history_steps: int, spare_steps: int, generator: torch.Generator) -> str:
+    """Give the agent a history of ``history_steps`` timesteps (room for ``spare_steps`` more); returns how."""
+    bb = model.backbone
+    tokens = history_steps * model.config.tokens_per_step
+    if model.config.backbone == "transformer":
+        st = agent.state
+        window = bb.config.kv_window
+        capacity = (window + bb.config.kv_margin) if window else tokens + model.config.tokens_per_step * spare_steps
+        for name in list(st.tensors):
+            if name.startswith(("k.", "v.")):
+                B, H, _, dh = st.tensors[name].shape
+                st.tensors[name] = torch.randn(B, H, capacity, dh, generator=generator)
+        st.tensors["length"] = torch.full_like(st.tensors["length"], tokens)
+        return "synthetic KV cache"
+    x = torch.randn(1, tokens, model.config.d_model, generator=generator)
+    with torch.inference_mode():
+        _, agent.state = bb(x)
+    return "prefill"
+
+
+def library_step_benchmark(d_model: int, num_blocks: int, repeats: int, warmup: int) -> dict | None:
+    """The official xlstm package's recurrent step (3 one-token calls per environment step)."""
+    try:
+        import xlstm
+    except ImportError:
+        return None
+    cfg = xlstm.xLSTMBlockStackConfig(
+        mlstm_block=xlstm.mLSTMBlockConfig(
+            mlstm=xlstm.mLSTMLayerConfig(conv1d_kernel_size=4, qkv_proj_blocksize=4, num_heads=4)
+        ),
+        context_length=150, num_blocks=num_blocks, embedding_dim=d_model,
+    )
+    stack = xlstm.xLSTMBlockStack(cfg).eval()
+    x = torch.randn(1, 1, d_model)
+    state = {"s": None}
+
+    def env_step():
+        for _ in range(3):
+            _, state["s"] = stack.step(x, state["s"])
+
+    with torch.inference_mode():
+        env_step()
+        return time_call(env_step, repeats, warmup)
+
+
+def run(
+    size: str = "16M",
+    backbones: Sequence[str] = DEFAULT_BACKBONES,
+    contexts: Sequence[int] = DEFAULT_CONTEXTS,
+    repeats: int = 50,
+    warmup: int = 10,
+    threads: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    compiled: Sequence[str] = (),
+) -> dict:
+    """Run the latency benchmark; returns (and optionally writes as JSON) all figures."""
+    if threads:
+        torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    preset = SIZE_PRESETS[size]
+    results: dict = {
+        "size": size, "contexts": list(contexts), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
+        "backbones": {},
+    }
+    from tqdm import tqdm
+
+    runs = [(v, False) for v in backbones] + [(v, True) for v in compiled]
+    bar = tqdm(total=len(runs) * (len(contexts) + 1), desc="latency", disable=not progress)
+    for variant, compile_step in runs:
+        overrides = {}
+        if variant == "transformer":  # learned positions must cover the longest history
+            overrides["backbone_options"] = {"max_positions": (max(contexts) + warmup + repeats + 2) * 3}
+        torch.manual_seed(0)
+        model = LRAMPolicy(LRAMConfig.from_preset(size, variant, use_images=False, **overrides)).eval()
+        floor = floor_benchmark(step_weight_shapes(model), 3, repeats, warmup)
+        bar.update(1)
+        entry = {"params_total": model.num_parameters(), "step_weights": floor["weights"], "floor": floor,
+                 "compiled": compile_step, "per_context": {}}
+        obs = torch.randn(1, model.config.state_dim, generator=gen)
+        zero, rtg = torch.zeros(1), torch.ones(1)
+        # one agent per model: a compiled step is compiled once and serves every context length
+        agent = model.make_agent(1, discrete=False, action_dims=6, reward_scale=100.0, compile=compile_step)
+        for C in contexts:
+            how = _fill_state(model, agent, C, warmup + repeats + 1, gen)
+            env_step = functools.partial(agent.act, obs, zero, rtg)
+            with torch.inference_mode(), validation("full"):
+                timing = time_call(env_step, repeats, warmup + (3 if compile_step else 0))
+            timing["history"] = how
+            timing["ratio_to_floor"] = timing["median_ms"] / floor["median_ms"]
+            entry["per_context"][str(C)] = timing
+            bar.update(1)
+        results["backbones"][variant + (" compiled" if compile_step else "")] = entry
+    bar.close()
+    lib = library_step_benchmark(preset.d_model, preset.recurrent_blocks, repeats, warmup)
+    if lib is not None:
+        results["xlstm_library_step"] = lib
+    if out is not None:
+        write_json_atomic(out, results)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table of the results (ms per environment step, and ratio to the floor)."""
+    contexts = results["contexts"]
+    head = f"{'backbone':<22}{'floor ms':>9} " + "".join(f"{'C=' + str(c):>13}" for c in contexts)
+    lines = [f"latency per environment step, batch 1, {results['size']} preset, {results['threads']} threads",
+             head, "-" * len(head)]
+    for name, e in results["backbones"].items():
+        cells = "".join(
+            f"{e['per_context'][str(c)]['median_ms']:>7.2f}({e['per_context'][str(c)]['ratio_to_floor']:>3.1f}x)"
+            for c in contexts
+        )
+        lines.append(f"{name:<22}{e['floor']['median_ms']:>9.2f} {cells}")
+    lib = results.get("xlstm_library_step")
+    if lib:
+        lines.append(f"official xlstm library step() (same 16M-size stack, 3 tokens): {lib['median_ms']:.2f} ms")
+        for name, e in results["backbones"].items():
+            if name.startswith("xlstm[1:0]"):
+                worst = max(v["median_ms"] for v in e["per_context"].values())
+                lines.append(f"speed-up of lram {name} over the library step (worst context): "
+                             f"{lib['median_ms'] / worst:.1f}x")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="lram bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="16M", choices=list(SIZE_PRESETS))
+    p.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES),
+                   help="comma-separated: " + ",".join(DEFAULT_BACKBONES))
+    p.add_argument("--contexts", default=",".join(map(str, DEFAULT_CONTEXTS)), help="history lengths in timesteps")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", default="", help="backbones to time also with a torch.compile'd step, e.g. xlstm[1:0]")
+    p.add_argument("--out", default="benchmarks/out/latency.json")
+    args = p.parse_args(argv)
+    try:
+        contexts = [int(c) for c in args.contexts.split(",") if c]
+    except ValueError:
+        p.error(f"--contexts: expected comma-separated integers, got {args.contexts!r}")
+    backbones = [b for b in args.backbones.split(",") if b]
+    for b in backbones + [c for c in args.compile.split(",") if c]:
+        if b not in DEFAULT_BACKBONES and b != "xlstm":
+            p.error(f"--backbones: unknown backbone {b!r}; choose from {','.join(DEFAULT_BACKBONES)}")
+    compiled = [b for b in args.compile.split(",") if b]
+    results = run(args.size, backbones, contexts, args.repeats, args.warmup, args.threads, args.out,
+                  compiled=compiled)
+    print(format_table(results))
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,56 @@
+"""The ``lram`` command line: one entry point, one sub-command per job."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def _bench(argv: Sequence[str]) -> int:
+    from lram.bench.latency import main
+
+    return main(argv)
+
+
+def _models(argv: Sequence[str]) -> int:
+    """Print the size presets and their parameter counts next to the paper's."""
+    import argparse
+
+    from lram.models.presets import SIZE_PRESETS, VARIANTS
+    from lram.models.report import parameter_table
+
+    p = argparse.ArgumentParser(prog="lram models", description=_models.__doc__)
+    p.add_argument("--sizes", default=",".join(SIZE_PRESETS), help="comma-separated size presets")
+    p.add_argument("--backbones", default=",".join(VARIANTS))
+    args = p.parse_args(argv)
+    print(parameter_table(args.sizes.split(","), args.backbones.split(",")))
+    return 0
+
+
+COMMANDS = {
+    "bench": (_bench, "latency per environment step vs context length and the memory-bound floor"),
+    "models": (_models, "size presets and parameter counts beside the paper's"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: lram <command> [options]\n\ncommands:")
+        for name, (_, helptext) in COMMANDS.items():
+            print(f"  {name:<10}{helptext}")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from lram import __version__
+
+        print(__version__)
+        return 0
+    cmd = argv[0]
+    if cmd not in COMMANDS:
+        print(f"lram: unknown command {cmd!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return COMMANDS[cmd][0](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

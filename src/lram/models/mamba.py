@@ -1,0 +1,475 @@
+"""Mamba backbone: a stack of Mamba-1 (selective SSM) blocks as used by the LRAM paper's Mamba baseline.
+
+Structure (``mamba_ssm`` 2.x ``MixerModel`` built with ``create_block``, a Mamba-1 mixer and
+``d_intermediate=0``, i.e. no MLP): every block is pre-norm residual ``x = x + Mixer(RMSNorm(x))``, and a
+final RMSNorm (``norm_f``) follows the last block.  The mixer (ED = expand * D, N = d_state)::
+
+    x, z  = in_proj(u).chunk(2)                       # Linear(D, 2 ED), no bias
+    x     = SiLU(causal depthwise conv1d(x))          # ED channels, kernel d_conv, bias
+    dt, B, C = x_proj(x).split(dt_rank, N, N)         # Linear(ED, dt_rank + 2N), no bias
+    delta = softplus(dt_proj(dt))                     # Linear(dt_rank, ED), bias
+    h_t   = exp(delta_t A) h_{t-1} + delta_t B_t x_t  # A = -exp(A_log) [ED, N], h [B, ED, N]
+    y_t   = C_t . h_t + D x_t
+    out   = out_proj(y * SiLU(z))                     # Linear(ED, D), no bias
+
+Parameter names equal ``mamba_ssm``'s and ``mambapy``'s (``blocks.{i}`` here, ``layers.{i}`` there); see
+:func:`load_from_mamba_library`.
+
+State per block i (fp32): ``conv.{i}`` [B, d_conv - 1, ED], the last conv inputs, and ``h.{i}`` [B, ED, N].
+
+Kernels.  ``kernel="auto"`` (default) uses the ``mamba_ssm`` CUDA kernels when that package is installed
+and the input is on a GPU, and the pure-PyTorch scan otherwise; ``"torch"`` always uses PyTorch;
+``"mamba_ssm"`` requires the kernels.  The CPU path never imports ``mamba_ssm``.
+
+The PyTorch scan (:func:`selective_scan`, the default off-GPU) is a sequential loop over time inside chunks
+of ``scan_chunk`` steps (exp(delta A) and delta B x are formed per chunk, one multiply-add per step), with a
+hand-written backward (a reverse scan that recomputes each chunk from the state saved at its start).
+Measured on the 2-core CPU (shared, so +-15%), B=32, T=150, ED=1024, N=16, scan forward + backward:
+
+* this chunked scan: 0.36-0.48 s for chunks of 4-16 (default 8: ~0.40 s; 1 thread ~0.5 s).  It keeps only
+  T/chunk states for the backward: peak memory of a 4-block D=512 backbone, fwd+bwd, 1.8 GB;
+* the same loop under plain autograd (``unbind``-ed slices): ~0.42 s (1 thread ~0.63 s), but it keeps two
+  [B, T, ED, N] tensors per block alive (4.5 GB for the same backbone); slicing ``x[:, t]`` instead of
+  ``unbind`` is 2-100x slower in the backward (each slice's gradient is a full-size zero tensor);
+* log-space chunks (h_t = exp(S_t) * cumsum(exp(-S_s) u_s), S = cumsum(delta A)): 4.5-9 s, and NaN as soon
+  as the decay over a chunk passes exp(-88) (fp32 overflow), so not exact in general;
+* Blelloch parallel scan (``mambapy.pscan``): 4.7-8 s (log T passes over [B, T, ED, N] tensors).
+
+Whole backbone, D=512, 8 blocks, B=32, T=150, forward + backward: ~5.7-6 s.  ``step`` at batch 1 on 3
+tokens (D=512, 8 blocks, 1 thread): ~10.6-11.5 ms, against ~7.9 ms for one pass over its weight matrices
+(the memory-bound floor; the rest is ~25 small ops per block).
+
+``step`` (k >= 1 new tokens) runs the same layer code on [B, k, D]: every weight matrix is read once per
+call and only the scan loops over the k tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lram.models.backbone import Backbone
+from lram.models.layers import Linear
+from lram.models.state import RecurrentState
+from lram.utils.checks import check_choice, check_positive_int
+
+KERNELS = ("auto", "torch", "mamba_ssm")
+LOG2E = math.log2(math.e)
+_GPU_HINT = "install the GPU extra: pip install 'lram[gpu]' (mamba-ssm, causal-conv1d)"
+
+
+@dataclass
+class MambaConfig:
+    """Configuration of a Mamba-1 block stack (defaults: ``mamba_ssm``'s, as in the LRAM paper)."""
+
+    d_model: int
+    num_blocks: int
+    d_state: int = 16  # N
+    d_conv: int = 4
+    expand: int = 2  # ED = expand * d_model
+    dt_rank: int | None = None  # None: ceil(d_model / 16)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    norm_eps: float = 1e-5
+    scan_chunk: int = 8  # PyTorch scan: time steps per chunk (the backward keeps one state per chunk)
+    kernel: str = "auto"  # "auto" | "torch" | "mamba_ssm"
+
+    def __post_init__(self):
+        for name in ("d_model", "num_blocks", "d_state", "d_conv", "expand", "scan_chunk"):
+            check_positive_int(name, getattr(self, name))
+        if self.dt_rank is not None:
+            check_positive_int("dt_rank", self.dt_rank)
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"dt_min, dt_max: expected 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        check_choice("kernel", self.kernel, KERNELS)
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def resolved_dt_rank(self) -> int:
+        return self.dt_rank if self.dt_rank is not None else math.ceil(self.d_model / 16)
+
+
+# ============================================================================ selective scan (PyTorch)
+# The scan works time-major so that every per-step slice is contiguous: delta, dx (= delta * x) [T, B, E];
+# A [E, N]; B, C [T, B, N]; h [B, E, N].  It returns y_t = C_t . h_t (without the D skip) and the last state.
+
+
+def _scan_chunk(delta, dx, A2, B, C, h, H, readout: bool = True):
+    """Run the recurrence over one chunk from state ``h``, writing h_1..h_n into ``H`` [n, B, E, N].
+    ``A2`` is A * log2(e): exp2 is ~3x faster than exp on CPU.  Returns y [n, B, E] (None without
+    ``readout``) and exp(delta A) [n, B, E, N]."""
+    dA = torch.exp2(delta.unsqueeze(-1) * A2)
+    u = dx.unsqueeze(-1) * B.unsqueeze(-2)
+    for t in range(delta.shape[0]):
+        h = torch.addcmul(u[t], dA[t], h, out=H[t])
+    if not readout:
+        return None, dA
+    return _rowvec_matmul(C, H), dA
+
+
+def _rowvec_matmul(v, M):
+    """sum_n v[..., n] M[..., e, n] as a batched [1, N] @ [N, E] product (3x faster on CPU than
+    M @ v[..., None] or a multiply-and-sum): v [..., N], M [..., E, N] -> [..., E]."""
+    return (v.unsqueeze(-2) @ M.transpose(-1, -2)).squeeze(-2)
+
+
+def _scan_forward(delta, dx, A, B, C, h0, chunk: int, starts: list | None = None):
+    """The chunked scan without autograd; appends the state at each chunk start to ``starts`` if given."""
+    T = delta.shape[0]
+    H = delta.new_empty(min(chunk, T), *h0.shape)
+    A2 = A * LOG2E
+    ys, h = [], h0
+    for s in range(0, T, chunk):
+        n = min(chunk, T - s)
+        if starts is not None:
+            starts.append(h)
+        y, _ = _scan_chunk(delta[s : s + n], dx[s : s + n], A2, B[s : s + n], C[s : s + n], h, H[:n])
+        ys.append(y)
+        h = H[n - 1].clone()
+    return (ys[0] if len(ys) == 1 else torch.cat(ys)), h
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Chunked scan with a hand-written backward (a reverse scan that recomputes each chunk's states)."""
+
+    @staticmethod
+    def forward(ctx, delta, dx, A, B, C, h0, chunk):
+        starts: list[torch.Tensor] = []
+        y, h = _scan_forward(delta, dx, A, B, C, h0, chunk, starts)
+        ctx.save_for_backward(delta, dx, A, B, C, *starts)
+        ctx.chunk = chunk
+        return y, h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, gh_last):
+        delta, dx, A, B, C, *starts = ctx.saved_tensors
+        chunk, T = ctx.chunk, delta.shape[0]
+        g_delta, g_dx, g_B, g_C = (torch.empty_like(t) for t in (delta, dx, B, C))
+        g_A = torch.zeros_like(A)
+        Hp = delta.new_empty(min(chunk, T) + 1, *starts[0].shape)  # h_{s-1}, h_s, ..., h_{s+n-1}
+        A2 = A * LOG2E
+        carry = gh_last  # d loss / d h at the end of the chunk, from later chunks
+        for c in range(len(starts) - 1, -1, -1):
+            s = c * chunk
+            n = min(chunk, T - s)
+            sl = slice(s, s + n)
+            Hp[0] = starts[c]
+            _, dA = _scan_chunk(delta[sl], dx[sl], A2, B[sl], C[sl], starts[c], Hp[1 : n + 1], readout=False)
+            gy_c = gy[sl]
+            G = gy_c.unsqueeze(-1) * C[sl].unsqueeze(-2)  # becomes d loss / d h_t
+            G[n - 1] += carry
+            for t in range(n - 2, -1, -1):
+                torch.addcmul(G[t], dA[t + 1], G[t + 1], out=G[t])
+            carry = dA[0] * G[0]
+            g_C[sl] = (gy_c.unsqueeze(-2) @ Hp[1 : n + 1]).squeeze(-2)
+            g_dx[sl] = _rowvec_matmul(B[sl], G)
+            g_B[sl] = (dx[sl].unsqueeze(-2) @ G).squeeze(-2)
+            Q = G.mul_(Hp[:n]).mul_(dA)  # d loss / d (delta A)
+            g_delta[sl] = (Q * A).sum(-1)
+            g_A += (Q * delta[sl].unsqueeze(-1)).sum((0, 1))
+        return g_delta, g_dx, g_A, g_B, g_C, carry, None
+
+
+def selective_scan(delta, dx, A, B, C, h0, chunk: int = 8):
+    """y_t = C_t . h_t with h_t = exp(delta_t A) h_{t-1} + dx_t B_t, batch-first fp32 inputs
+    (delta, dx [B, T, E], A [E, N], B, C [B, T, N], h0 [B, E, N]); returns (y [B, T, E], h_T)."""
+    delta, dx, B, C = (t.transpose(0, 1).contiguous() for t in (delta, dx, B, C))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (delta, dx, A, B, C, h0)):
+        y, h = _SelectiveScan.apply(delta, dx, A, B, C, h0, chunk)
+    else:
+        y, h = _scan_forward(delta, dx, A, B, C, h0, chunk)
+    return y.transpose(0, 1), h
+
+
+# ============================================================================ optional mamba_ssm kernels
+_mamba_ssm: SimpleNamespace | str | None = None  # None: not tried yet; str: why the import failed
+
+
+def _load_mamba_ssm() -> SimpleNamespace | None:
+    """The ``mamba_ssm`` kernels, imported on first use (None if unavailable)."""
+    global _mamba_ssm
+    if _mamba_ssm is None:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+            from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        except Exception as e:  # not installed, or installed without a working CUDA / Triton build
+            _mamba_ssm = f"{type(e).__name__}: {e}"
+            if not isinstance(e, ModuleNotFoundError):
+                warnings.warn(f"mamba_ssm failed to import ({_mamba_ssm}); using the PyTorch scan", stacklevel=3)
+        else:
+            _mamba_ssm = SimpleNamespace(selective_scan_fn=selective_scan_fn, selective_state_update=selective_state_update)
+    return _mamba_ssm if isinstance(_mamba_ssm, SimpleNamespace) else None
+
+
+def _require_mamba_ssm() -> SimpleNamespace:
+    kernels = _load_mamba_ssm()
+    if kernels is None:
+        raise ImportError(f"kernel='mamba_ssm': cannot import mamba_ssm ({_mamba_ssm}); {_GPU_HINT}")
+    return kernels
+
+
+def _kernels_for(x: torch.Tensor, mode: str) -> SimpleNamespace | None:
+    """The ``mamba_ssm`` kernels to use for ``x`` under ``mode``, or None for the PyTorch path."""
+    if mode == "torch":
+        return None
+    if not x.is_cuda:
+        if mode == "mamba_ssm":
+            raise ValueError(f"kernel='mamba_ssm' needs CUDA tensors, got a tensor on {x.device}; use kernel='auto'")
+        return None
+    return _require_mamba_ssm() if mode == "mamba_ssm" else _load_mamba_ssm()
+
+
+def _no_autocast(device_type: str):
+    """Disable autocast for the scan (fp32 inside); a no-op context when autocast is off (cheaper)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+# ============================================================================ modules
+class RMSNorm(nn.Module):
+    """RMSNorm with a weight (computed in fp32, like ``mamba_ssm``)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
+
+
+class MambaMixer(nn.Module):
+    """The Mamba-1 mixer; ``forward`` (a sequence) and ``step`` (k new tokens) compute the same function."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        D, E, N, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank
+        self.cfg = cfg
+        self.in_proj = Linear(D, 2 * E, bias=False)
+        self.conv1d = nn.Conv1d(E, E, cfg.d_conv, groups=E, padding=cfg.d_conv - 1, bias=True)
+        self.x_proj = Linear(E, R + 2 * N, bias=False)
+        self.dt_proj = Linear(R, E, bias=True)
+        self.A_log = nn.Parameter(torch.empty(E, N))
+        self.D = nn.Parameter(torch.empty(E))
+        self.out_proj = Linear(E, D, bias=False)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    # ------------------------------------------------------------ shared pieces
+    def _conv(self, x: torch.Tensor, conv_state: torch.Tensor | None):
+        """SiLU(causal depthwise conv) of x [B, T, E] continuing from the last d_conv - 1 inputs."""
+        K = self.cfg.d_conv
+        prev = x.new_zeros(x.shape[0], K - 1, x.shape[2]) if conv_state is None else conv_state.to(x.dtype)
+        xs = torch.cat([prev, x], dim=1)
+        T = x.shape[1]
+        w = self.conv1d.weight.squeeze(1)  # [E, K]
+        if T <= 8:  # a few tokens (inference): windows times taps, one op
+            y = (xs.unfold(1, K, 1) * w).sum(-1) + self.conv1d.bias
+        else:  # long sequences: K shifted multiply-adds (faster than conv1d on CPU, forward and backward)
+            wt = w.t()
+            y = torch.addcmul(self.conv1d.bias, xs[:, :T], wt[0])
+            for j in range(1, K):
+                y = torch.addcmul(y, xs[:, j : j + T], wt[j])
+        new_state = xs[:, xs.shape[1] - (K - 1) :].to(torch.float32, copy=True)
+        return F.silu(y), new_state
+
+    def _ssm_inputs(self, x: torch.Tensor):
+        """dt (before dt_proj's bias), B, C from the conv output."""
+        N, R = self.cfg.d_state, self.cfg.resolved_dt_rank
+        dt, B, C = self.x_proj(x).split([R, N, N], dim=-1)
+        return F.linear(dt, self.dt_proj.weight), B, C
+
+    def _scan_torch(self, x, z, dt, B, C, h):
+        """PyTorch selective scan + skip + gate, fp32 inside."""
+        xf = x.float()
+        delta = F.softplus(dt.float() + self.dt_proj.bias.float())
+        A = -torch.exp(self.A_log.float())
+        if h is None:
+            h = xf.new_zeros(x.shape[0], *A.shape)
+        y, h = selective_scan(delta, delta * xf, A, B.float(), C.float(), h, self.cfg.scan_chunk)
+        y = torch.addcmul(y, xf, self.D.float()).to(x.dtype)
+        return y * F.silu(z), h
+
+    # ------------------------------------------------------------ modes
+    def forward(self, u: torch.Tensor, conv_state: torch.Tensor | None = None, h: torch.Tensor | None = None):
+        """u [B, T, D] -> (out [B, T, D], conv_state, h); None states mean a fresh sequence."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x, conv_state = self._conv(x, conv_state)
+        dt, B, C = self._ssm_inputs(x)
+        kernels = _kernels_for(u, self.cfg.kernel)
+        with _no_autocast(u.device.type):
+            if kernels is None:
+                y, h = self._scan_torch(x, z, dt, B, C, h)
+            else:
+                y, h = self._scan_cuda(kernels, x, z, dt, B, C, h)
+        return self.out_proj(y), conv_state, h
+
+    def step(self, u: torch.Tensor, conv_state: torch.Tensor, h: torch.Tensor):
+        """u [B, k, D], k >= 1 new tokens -> (out [B, k, D], conv_state, h): ``forward`` continuing a state,
+        with every weight read once for the k tokens (only the scan loops over them)."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        x, conv_state = self._conv(x, conv_state)
+        dt, B, C = self._ssm_inputs(x)
+        kernels = _kernels_for(u, self.cfg.kernel)
+        with _no_autocast(u.device.type):
+            if kernels is None:
+                y, h = self._scan_torch(x, z, dt, B, C, h)
+            else:
+                y, h = self._step_cuda(kernels, x, z, dt, B, C, h)
+        return self.out_proj(y), conv_state, h
+
+    # ------------------------------------------------------------ mamba_ssm kernels (CUDA)
+    def _scan_cuda(self, k, x, z, dt, B, C, h0):
+        """``selective_scan_fn`` over the sequence.  It cannot start from a state, so a given h0 is added
+        exactly: h_t += exp(sum_{s<=t} delta_s A) h0 (and its readout C_t . h_t).  Gradients do not flow
+        through the kernel's returned last state (a ``mamba_ssm`` limitation)."""
+        A = -torch.exp(self.A_log.float())
+        bias = self.dt_proj.bias.float()
+        dtype = x.dtype
+        y, last = k.selective_scan_fn(
+            x.transpose(1, 2),
+            dt.to(dtype).transpose(1, 2),
+            A,
+            B.to(dtype).transpose(1, 2),
+            C.to(dtype).transpose(1, 2),
+            self.D.float(),
+            z=None if h0 is not None else z.to(dtype).transpose(1, 2),
+            delta_bias=bias,
+            delta_softplus=True,
+            return_last_state=True,
+        )
+        y, last = y.transpose(1, 2), last.to(torch.float32, copy=True)
+        if h0 is not None:
+            delta = F.softplus(dt.float() + bias)
+            decay = torch.exp(torch.cumsum(delta.unsqueeze(-1) * A, dim=1)) * h0.unsqueeze(1)  # [B, T, E, N]
+            y = (y.float() + (decay @ C.float().unsqueeze(-1)).squeeze(-1)).to(dtype) * F.silu(z)
+            last = last + decay[:, -1]
+        return y, last
+
+    def _step_cuda(self, k, x, z, dt, B, C, h):
+        """``selective_state_update`` once per new token (it updates a copy of h in place)."""
+        A = -torch.exp(self.A_log.float())
+        h = h.clone()
+        ys = [
+            k.selective_state_update(
+                h, x[:, t], dt[:, t], A, B[:, t], C[:, t], D=self.D, z=z[:, t], dt_bias=self.dt_proj.bias, dt_softplus=True
+            )
+            for t in range(x.shape[1])
+        ]
+        return torch.stack(ys, dim=1), h
+
+
+class MambaBlock(nn.Module):
+    """Pre-norm residual block: x + Mixer(RMSNorm(x)) (no MLP, as ``create_block`` with d_intermediate=0)."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = MambaMixer(cfg)
+
+    def forward(self, x, conv_state=None, h=None):
+        y, conv_state, h = self.mixer(self.norm(x), conv_state, h)
+        return x + y, conv_state, h
+
+    def step(self, x, conv_state, h):
+        y, conv_state, h = self.mixer.step(self.norm(x), conv_state, h)
+        return x + y, conv_state, h
+
+
+# ============================================================================ the backbone
+class MambaBackbone(Backbone):
+    """A stack of Mamba-1 blocks with a final RMSNorm; parallel ``forward`` and recurrent ``step``."""
+
+    kind = "mamba"
+
+    def __init__(self, config: MambaConfig):
+        super().__init__()
+        self.config = config
+        if config.kernel == "mamba_ssm":
+            _require_mamba_ssm()  # fail at build time, with the install hint
+        self.blocks = nn.ModuleList(MambaBlock(config) for _ in range(config.num_blocks))
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
+        self._keys = [(f"conv.{i}", f"h.{i}") for i in range(config.num_blocks)]
+        self.reset_parameters()
+
+    def state_fields(self) -> tuple[str, ...]:
+        return ("d_model", "num_blocks", "d_state", "d_conv", "expand")
+
+    # ---------------------------------------------------------------- modes
+    def _forward(self, x, state, return_state):
+        new = {}
+        for block, (kc, kh) in zip(self.blocks, self._keys):
+            conv, h = (None, None) if state is None else (state[kc], state[kh])
+            x, new[kc], new[kh] = block(x, conv, h)
+        y = self.norm_f(x)
+        return y, (RecurrentState(new, self.state_signature()) if return_state else None)
+
+    def _step(self, x, state):
+        new = {}
+        for block, (kc, kh) in zip(self.blocks, self._keys):
+            x, new[kc], new[kh] = block.step(x, state[kc], state[kh])
+        return self.norm_f(x), RecurrentState(new, state.signature)
+
+    def _init_state(self, batch_size, device):
+        cfg = self.config
+        out = {}
+        for kc, kh in self._keys:
+            out[kc] = torch.zeros(batch_size, cfg.d_conv - 1, cfg.d_inner, device=device)
+            out[kh] = torch.zeros(batch_size, cfg.d_inner, cfg.d_state, device=device)
+        return out
+
+    # ------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``mamba_ssm``'s initialisation: default Linear/Conv1d init; dt_proj weight U(+-dt_rank^-0.5) and
+        bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max]; A = 1..N per channel; D = 1; out_proj
+        kaiming-uniform(a=sqrt(5)) / sqrt(num_blocks) (one residual branch per block, no MLP)."""
+        cfg = self.config
+        E, N, R = cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank
+        for block in self.blocks:
+            block.norm.weight.fill_(1.0)
+            m = block.mixer
+            for lin in (m.in_proj, m.x_proj, m.conv1d):
+                lin.reset_parameters()
+            nn.init.uniform_(m.dt_proj.weight, -(R**-0.5), R**-0.5)
+            log_dt = torch.rand(E) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
+            dt = torch.exp(log_dt).clamp(min=cfg.dt_init_floor)
+            m.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            m.A_log.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
+            m.D.fill_(1.0)
+            nn.init.kaiming_uniform_(m.out_proj.weight, a=math.sqrt(5))
+            m.out_proj.weight.div_(math.sqrt(cfg.num_blocks))
+        self.norm_f.weight.fill_(1.0)
+
+
+# ============================================================================ weights of the reference libraries
+@torch.no_grad()
+def load_from_mamba_library(backbone: MambaBackbone, source: nn.Module | dict[str, torch.Tensor]) -> None:
+    """Copy weights from a ``mambapy.mamba.Mamba``, a ``mamba_ssm`` ``MixerModel`` / ``MambaLMHeadModel`` or
+    their state dicts (``[prefix.]layers.{i}.{norm,mixer}.*`` and, if present, ``[prefix.]norm_f.weight``).
+    ``mambapy`` has no final norm: ``norm_f`` is then left as it is."""
+    sd = source.state_dict() if isinstance(source, nn.Module) else dict(source)
+    for name, p in backbone.named_parameters():
+        suffix = name.replace("blocks.", "layers.", 1)
+        hits = [k for k in sd if k == suffix or k.endswith("." + suffix)]
+        if not hits:
+            if name == "norm_f.weight":
+                continue
+            raise KeyError(f"load_from_mamba_library: no tensor for {name!r} (looked for '*{suffix}')")
+        t = sd[hits[0]]
+        if t.shape != p.shape:
+            raise ValueError(f"load_from_mamba_library: {hits[0]} has shape {list(t.shape)}, {name} {list(p.shape)}")
+        p.copy_(t)
