@@ -11,6 +11,7 @@ from lram.models.xlstm import (
     get_mlstm_kernel,
     load_from_xlstm_library,
     mlstm_recurrent,
+    mlstm_step_compilable,
     mlstm_step_inplace,
 )
 
@@ -79,17 +80,18 @@ def _cell_inputs(B=2, NH=4, T=70, DH=8, seed=0):
     return q, k, v, i, f, state, empty
 
 
-KERNELS = ["chunkwise", "recurrent", "mlstm_kernels:chunkwise--native_autograd", "step_inplace"]
+KERNELS = ["chunkwise", "recurrent", "mlstm_kernels:chunkwise--native_autograd", "step_inplace", "step_compilable"]
 
 
 def _run_kernel(name, q, k, v, i, f, init, chunk):
-    if name != "step_inplace":
+    if not name.startswith("step_"):
         return get_mlstm_kernel(name)(q, k, v, i, f, init, chunk)
-    # the inference step kernel: consecutive calls of `chunk` tokens, updating a copy of the state in place
+    # the inference step kernels: consecutive calls of `chunk` tokens (the in-place one updates a copy)
+    fn = mlstm_step_inplace if name == "step_inplace" else mlstm_step_compilable
     state, hs = tuple(t.clone() for t in init), []
     for t0 in range(0, q.shape[2], chunk):
         sl = slice(t0, t0 + chunk)
-        h, state = mlstm_step_inplace(q[:, :, sl], k[:, :, sl], v[:, :, sl], i[:, :, sl], f[:, :, sl], state)
+        h, state = fn(q[:, :, sl], k[:, :, sl], v[:, :, sl], i[:, :, sl], f[:, :, sl], state)
         hs.append(h)
     return torch.cat(hs, 2), state
 

@@ -36,8 +36,8 @@ Measured on the 2-core CPU (shared, so +-15%), B=32, T=150, ED=1024, N=16, scan 
 * Blelloch parallel scan (``mambapy.pscan``): 4.7-8 s (log T passes over [B, T, ED, N] tensors).
 
 Whole backbone, D=512, 8 blocks, B=32, T=150, forward + backward: ~5.7-6 s.  ``step`` at batch 1 on 3
-tokens (D=512, 8 blocks, 1 thread): ~10.6-11.5 ms, against ~7.9 ms for one pass over its weight matrices
-(the memory-bound floor; the rest is ~25 small ops per block).
+tokens (D=512, 8 blocks): ~7.5-8.5 ms, against ~4 ms for one pass over its weight matrices (the
+memory-bound floor); the scan is ~1.5 ms of the difference, the other small ops the rest.
 
 ``step`` (k >= 1 new tokens) runs the same layer code on [B, k, D]: every weight matrix is read once per
 call and only the scan loops over the k tokens.

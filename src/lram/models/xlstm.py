@@ -215,6 +215,32 @@ def mlstm_step_inplace(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, ep
     return h, (C, n, m)
 
 
+def mlstm_step_compilable(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: float = 1e-6):
+    """The step arithmetic of :func:`mlstm_step_inplace` in functional form (new state tensors), written so
+    that ``torch.compile`` fuses the state update into one pass over C (used by compiled agents)."""
+    B, NH, L, DH = q.shape
+    C, n, m = state
+    k = k * (DH**-0.5)
+    b = F.logsigmoid(f).cumsum(-1)
+    log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)
+    log_d = log_d.masked_fill(~torch.ones(L, L, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    log_inter = b + m.unsqueeze(-1)
+    m_t = torch.maximum(log_d.amax(-1), log_inter)
+    s = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m_t.unsqueeze(-1))
+    q_inter = q * torch.exp(log_inter - m_t).unsqueeze(-1)
+    num = s @ v + q_inter @ C
+    den = s.sum(-1) + (q_inter * n.unsqueeze(-2)).sum(-1)
+    h = num / (torch.maximum(den.abs(), torch.exp(-m_t)) + eps).unsqueeze(-1)
+    g = b[..., -1]
+    a = g.unsqueeze(-1) - b + i
+    m_new = torch.maximum(g + m, a.amax(-1))
+    kw = k * torch.exp(a - m_new.unsqueeze(-1)).unsqueeze(-1)
+    decay = torch.exp(g + m - m_new)
+    C_new = C * decay[..., None, None] + (kw.unsqueeze(-1) * v.unsqueeze(-2)).sum(-3)
+    n_new = n * decay.unsqueeze(-1) + kw.sum(-2)
+    return h, (C_new, n_new, m_new)
+
+
 def _mlstm_kernels_adapter(name: str) -> Callable:
     """Wrap a sequence kernel of the ``mlstm_kernels`` package (e.g. Triton kernels on GPU)."""
     try:
@@ -487,7 +513,7 @@ class XLSTMBackbone(Backbone):
         # autograd the pure-PyTorch kernels update the matrix memory in place
         kernel = self.mlstm_kernel
         if kernel in (mlstm_chunkwise, mlstm_recurrent) and not torch.is_grad_enabled():
-            kernel = mlstm_step_inplace
+            kernel = mlstm_step_compilable if torch.compiler.is_compiling() else mlstm_step_inplace
         return self._run(x, state, x.shape[1], kernel, True)
 
     def _init_state(self, batch_size, device):
