@@ -147,3 +147,18 @@ def test_parallel_memory_is_linear_in_sequence_length():
             bb(torch.randn(1, T, 32))
         sizes[T] = peak["elems"]
     assert sizes[1024] == 4 * sizes[256]  # linear, not quadratic
+
+
+def test_long_sequences_in_segments_equal_one_pass():
+    torch.manual_seed(0)
+    x = torch.randn(2, 300, 64)
+    outs = []
+    for seg in (4096, 100, 64):
+        torch.manual_seed(1)
+        bb = build_backbone("xlstm", d_model=64, num_blocks=2, slstm_at=[1], segment_tokens=seg).eval()
+        with torch.no_grad():
+            y, st = bb(x)
+            y_next, _ = bb.step(x[:, :3], st)
+        outs.append((y, y_next))
+    for y, y_next in outs[1:]:
+        assert rel_err(y, outs[0][0]) <= 1e-4 and rel_err(y_next, outs[0][1]) <= 1e-4

@@ -65,6 +65,7 @@ class XLSTMConfig:
     ffn_proj_factor: float = 1.3  # sLSTM block gated feed-forward
     norm_eps: float = 1e-5
     chunk_size: int = 64  # mLSTM chunkwise kernel: tokens per chunk
+    segment_tokens: int = 2048  # longer sequences are processed in segments of this many tokens
     mlstm_kernel: str = "chunkwise"
     eps: float = 1e-6  # mLSTM normaliser epsilon
 
@@ -506,7 +507,16 @@ class XLSTMBackbone(Backbone):
         return y, (RecurrentState(new, self.state_signature()) if return_state else None)
 
     def _forward(self, x, state, return_state):
-        return self._run(x, state, self.config.chunk_size, self.mlstm_kernel, return_state)
+        seg = self.config.segment_tokens
+        if x.shape[1] <= seg:
+            return self._run(x, state, self.config.chunk_size, self.mlstm_kernel, return_state)
+        # long sequences (e.g. a prefill of a long history) go segment by segment, carrying the state:
+        # the same function, with the per-chunk memory states bounded by the segment length
+        ys = []
+        for t0 in range(0, x.shape[1], seg):
+            y, state = self._run(x[:, t0 : t0 + seg], state, self.config.chunk_size, self.mlstm_kernel, True)
+            ys.append(y)
+        return torch.cat(ys, dim=1), (state if return_state else None)
 
     def _step(self, x, state):
         # the k new tokens form one chunk: one read of every weight matrix for the whole call; without

@@ -1,6 +1,6 @@
 """Which mLSTM kernel should the xLSTM backbone use on this machine?  Training step time (forward +
 backward) of the 16M xLSTM[1:0] backbone on a batch of C=50 windows (150 tokens), per kernel, measured
-in one run.  Usage: python benchmarks/mlstm_kernels.py [--batch 4] [--repeats 5]"""
+in one run.  Usage: python benchmarks/xlstm_kernels.py [--batch 4] [--repeats 5]"""
 
 from __future__ import annotations
 
