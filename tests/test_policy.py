@@ -249,3 +249,27 @@ def test_compiled_agent_matches_eager():
         b = compiled.act(states[:, t], prev_r, rtg[:, t])
         assert rel_err(compiled.last_logits, eager.last_logits) <= 1e-4 and torch.equal(a, b)
         prev_r = rewards[:, t]
+
+
+@pytest.mark.parametrize("name", ["xlstm", "mamba"])
+def test_in_context_windows_across_episodes_match_agent_keeping_context(name):
+    """A window spanning two episodes (first_step marks the second's start) equals an agent that keeps its
+    recurrent context across the episode boundary (reset with keep_context=True)."""
+    model = make_policy(name, action_condition=True)
+    T1, T2 = 6, 7
+    states, rewards, rtg, actions = random_episode(1, T1 + T2, discrete=True)
+    first = torch.zeros(1, T1 + T2, dtype=torch.bool)
+    first[0, T1] = True
+    with torch.no_grad():
+        out = model(TrajectoryBatch(states=states, returns_to_go=rtg, rewards=rewards, actions=actions,
+                                    discrete=True, first_step=first))
+    agent = model.make_agent(1, discrete=True)
+    logits, prev_r = [], torch.zeros(1)
+    for t in range(T1 + T2):
+        if t == T1:
+            agent.reset(keep_context=True)
+        agent.act(states[:, t], prev_r, rtg[:, t])
+        agent.prev_action_tokens = model.action_tokens(actions[:, t], True)  # teacher-force the stored action
+        logits.append(agent.last_logits)
+        prev_r = rewards[:, t]
+    assert rel_err(torch.stack(logits, 1), out.logits) <= 1e-4

@@ -122,6 +122,8 @@ class TrajectoryBatch:
     action_dims: real continuous action dims (int or [B]); num_actions: valid discrete actions (int or [B]).
     reward_scale: float or [B].  prev_reward / prev_action: the reward / action just before the window
         ([B] / [B] or [B, a]); zero / none at an episode start.
+    first_step: [B, C] bool, True where an episode starts inside the window (in-context learning
+        histories): there the previous reward is 0 and the previous action is padding, as after a reset.
     """
 
     states: torch.Tensor
@@ -135,6 +137,7 @@ class TrajectoryBatch:
     reward_scale: float | torch.Tensor = 1.0
     prev_reward: torch.Tensor | None = None
     prev_action: torch.Tensor | None = None
+    first_step: torch.Tensor | None = None  # [B, C] bool: an episode starts here (windows spanning episodes)
 
     def to(self, device) -> TrajectoryBatch:
         return dataclasses.replace(
@@ -250,12 +253,15 @@ class LRAMPolicy(nn.Module):
                 raise ValueError("timestep_mask: padding is not supported when continuing from a state")
             shift = _first_true(mask)  # rows are rolled so that real timesteps come first
         states, rtg, rewards = batch.states, batch.returns_to_go, batch.rewards
-        actions = batch.actions
+        actions, first = batch.actions, batch.first_step
         if shift is not None:
             states, rtg, rewards = (_roll_rows(t, shift) for t in (states, rtg, rewards))
             actions = _roll_rows(actions, shift) if actions is not None else None
+            first = _roll_rows(first, shift) if first is not None else None
         prev_r0 = batch.prev_reward if batch.prev_reward is not None else torch.zeros(B, device=device)
         prev_reward = torch.cat([prev_r0.to(rewards.dtype).unsqueeze(1), rewards[:, :-1]], dim=1)
+        if first is not None:
+            prev_reward = prev_reward.masked_fill(first, 0.0)
         prev_tokens = None
         if cfg.action_condition:
             if actions is None:
@@ -263,10 +269,12 @@ class LRAMPolicy(nn.Module):
             dims = None if batch.discrete else self._action_dims(batch)
             tok = self.action_tokens(actions, batch.discrete, dims)  # [B, C, A]
             if batch.prev_action is not None:
-                first = self.action_tokens(batch.prev_action, batch.discrete, dims).unsqueeze(1)
+                first_tok = self.action_tokens(batch.prev_action, batch.discrete, dims).unsqueeze(1)
             else:
-                first = torch.full_like(tok[:, :1], cfg.action_pad_id)
-            prev_tokens = torch.cat([first, tok[:, :-1]], dim=1)
+                first_tok = torch.full_like(tok[:, :1], cfg.action_pad_id)
+            prev_tokens = torch.cat([first_tok, tok[:, :-1]], dim=1)
+            if first is not None:
+                prev_tokens = prev_tokens.masked_fill(first.unsqueeze(-1), cfg.action_pad_id)
         scale = torch.as_tensor(batch.reward_scale, device=device, dtype=torch.float32).expand(B)
         groups = self.embed_groups(states, rtg, prev_reward, prev_tokens, scale, batch_dims=2)  # [B, C, G, H]
         G = groups.shape[2]
@@ -379,6 +387,8 @@ class LRAMPolicy(nn.Module):
                     raise ValueError(f"actions: at most {cfg.max_act_dim} dims, got {batch.actions.shape[-1]}")
         if batch.prev_reward is not None:
             check_tensor("prev_reward", batch.prev_reward, [B], floating=True)
+        if batch.first_step is not None:
+            check_tensor("first_step", batch.first_step, [B, C], dtype=torch.bool)
         return B, C
 
     # ------------------------------------------------------------------ acting
@@ -454,13 +464,16 @@ class RecurrentAgent:
         logits = model.action_head(y[:, -1]).reshape(obs.shape[0], model.config.max_act_dim, -1)
         return logits, state.tensors
 
-    def reset(self, mask: torch.Tensor | None = None) -> None:
-        """Start new episodes in the rows where ``mask`` [num_envs] is True (all rows if None)."""
+    def reset(self, mask: torch.Tensor | None = None, keep_context: bool = False) -> None:
+        """Start new episodes in the rows where ``mask`` [num_envs] is True (all rows if None).  With
+        ``keep_context`` the recurrent state is kept (in-context RL across episodes): only the previous
+        reward and action of those rows are dropped, as at an episode start inside a training window."""
         if mask is None:
             mask = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         mask = torch.as_tensor(mask, device=self.device)
         check_tensor("mask", mask, [self.num_envs], dtype=torch.bool)
-        self.state = self.model.backbone.reset_state(self.state, mask)
+        if not keep_context:
+            self.state = self.model.backbone.reset_state(self.state, mask)
         self.fresh = self.fresh | mask
         self.prev_action_tokens[mask] = self.model.config.action_pad_id
 
