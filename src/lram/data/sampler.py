@@ -103,7 +103,11 @@ class WindowSampler:
         if config.domain_order not in ("round_robin", "weighted"):
             raise ValueError(f"domain_order: expected 'round_robin' or 'weighted', got {config.domain_order!r}")
         self.config, self.split, self.rank, self.world_size = config, split, rank, world_size
-        self.domains = [self._index(d) for d in domains]
+        indexed = [self._index(d) for d in domains]
+        self.skipped = [d.name for d, i in zip(domains, indexed) if i is None]  # no validation episodes
+        self.domains = [i for i in indexed if i is not None]
+        if not self.domains:
+            raise ValueError(f"no domain has episodes in the {split} split (domains: {[d.name for d in domains]})")
         names = [d.data.name for d in self.domains]
         if config.domain_weights is not None:
             unknown = sorted(set(config.domain_weights) - set(names))
@@ -115,7 +119,7 @@ class WindowSampler:
         self.domain_probs = w / w.sum()
 
     # ------------------------------------------------------------------ index
-    def _index(self, d: DomainData) -> _DomainIndex:
+    def _index(self, d: DomainData) -> _DomainIndex | None:
         cfg = self.config
         if not d.tasks:
             raise ValueError(f"domain {d.name!r}: no tasks")
@@ -144,6 +148,8 @@ class WindowSampler:
             lengths.append(lens[keep])
             widths.append(int(t.obs_shape[0]) if len(t.obs_shape) == 1 else 0)
         if not task_of:
+            if self.split == "valid":
+                return None  # too few episodes to hold any out
             raise ValueError(f"domain {d.name!r}: no episodes in the {self.split} split")
         probs_all = np.concatenate(probs)
         return _DomainIndex(
