@@ -112,8 +112,11 @@ def test_validation_split_is_fixed_disjoint_and_small():
 def test_deterministic_resumable_and_rank_specific():
     a, b = make_sampler(), make_sampler()
     assert torch.equal(a.batch(7)[1].states, b.batch(7)[1].states)
-    r1 = WindowSampler([d.data for d in a.domains], a.config, rank=1, world_size=2)
-    assert r1.domain_at(7) == a.domain_at(7) and not torch.equal(r1.batch(7)[1].states, a.batch(7)[1].states)
+    # two ranks with half the batch each read exactly the two halves of the one-process batch
+    half = SamplerConfig(**{**a.config.__dict__, "batch_size": 8})
+    r0, r1 = (WindowSampler([d.data for d in a.domains], half, rank=r, world_size=2) for r in (0, 1))
+    assert r1.domain_at(7) == a.domain_at(7)
+    assert torch.equal(torch.cat([r0.batch(7)[1].states, r1.batch(7)[1].states]), a.batch(7)[1].states)
     stream = a.stream(start_step=5)
     assert torch.equal(next(stream)[1].states, b.batch(5)[1].states)
     loader = torch.utils.data.DataLoader(SamplerDataset(a, start_step=3), batch_size=None, num_workers=2)

@@ -16,9 +16,9 @@
   in stored order; ``first_step`` marks episode starts inside the window.
 * 2.5 % of each task's trajectories are held out for validation (a fixed, seeded, length-weighted choice).
 
-Stateless and resumable: micro-batch k of rank r is drawn from ``numpy.random.default_rng([seed, r, k])``,
-so a stream restarted at step k continues exactly, DataLoader workers take every W-th step, and every DDP
-rank draws its own windows while visiting the same domain at the same step.
+Stateless and resumable: the global micro-batch k is drawn from ``numpy.random.default_rng([seed, k])`` and
+rank r of W reads rows [r B, (r + 1) B) of it, so a stream restarted at step k continues exactly, DataLoader
+workers take every W-th step, and W ranks together see what one process with a W-times larger batch sees.
 """
 
 from __future__ import annotations
@@ -167,12 +167,17 @@ class WindowSampler:
         return int(rng.choice(len(self.domains), p=self.domain_probs))
 
     def batch(self, step: int) -> tuple[str, TrajectoryBatch]:
-        """Micro-batch number ``step`` of this rank: (domain name, batch)."""
+        """Micro-batch number ``step`` of this rank: (domain name, batch).  The global batch (batch_size x
+        world_size windows) is drawn from a generator seeded by (seed, step) and every rank reads its own
+        slice of it, so N ranks see exactly the windows that one process with an N-times larger batch sees."""
         cfg = self.config
         dom = self.domains[self.domain_at(step)]
-        rng = np.random.default_rng([cfg.seed, self.rank, step])
-        picks = rng.choice(len(dom.probs), size=cfg.batch_size, p=dom.probs)
-        windows = [self._window(dom, int(i), rng) for i in picks]
+        rng = np.random.default_rng([cfg.seed, step])
+        total = cfg.batch_size * self.world_size
+        picks = rng.choice(len(dom.probs), size=total, p=dom.probs)
+        where = rng.random(total)  # where each window ends inside its episode, uniform
+        mine = slice(self.rank * cfg.batch_size, (self.rank + 1) * cfg.batch_size)
+        windows = [self._window(dom, int(i), float(u)) for i, u in zip(picks[mine], where[mine])]
         return dom.data.name, self._collate(dom, windows)
 
     def __iter__(self) -> Iterator[tuple[str, TrajectoryBatch]]:
@@ -186,14 +191,14 @@ class WindowSampler:
             yield self.batch(step)
             step += step_every
 
-    def _window(self, dom: _DomainIndex, flat: int, rng: np.random.Generator) -> dict:
+    def _window(self, dom: _DomainIndex, flat: int, u: float) -> dict:
         C = self.config.context
         task = dom.data.tasks[dom.task_of[flat]]
         ep = int(dom.episode_of[flat])
         if dom.data.in_context:
-            return self._window_in_context(task, ep, rng)
+            return self._window_in_context(task, ep, u)
         L = int(dom.lengths[flat])
-        end = int(rng.integers(0, L)) + 1  # exclusive end: the window's last step is uniform in 0..L-1
+        end = min(int(u * L), L - 1) + 1  # exclusive end: the window's last step is uniform in 0..L-1
         start = max(end - C, 0)
         arrays = task.read(ep, start, end)
         prev_reward = float(task.read(ep, start - 1, start, ("rewards",))["rewards"][0]) if start > 0 else 0.0
@@ -201,10 +206,10 @@ class WindowSampler:
         first[0] = start == 0
         return {**arrays, "prev_reward": prev_reward, "first_step": first, "source": task.task}
 
-    def _window_in_context(self, task, ep: int, rng: np.random.Generator) -> dict:
+    def _window_in_context(self, task, ep: int, u: float) -> dict:
         """C steps ending uniformly inside episode ``ep``, preceded by the end of earlier episodes of the history."""
         L = int(task.lengths[ep])
-        stop = int(rng.integers(0, L)) + 1
+        stop = min(int(u * L), L - 1) + 1
         parts, need, e = [], self.config.context, ep  # parts: (episode, begin, stop), newest first
         while need > 0 and e >= 0:
             begin = max(stop - need, 0)
