@@ -12,6 +12,12 @@ def _bench(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _data(argv: Sequence[str]) -> int:
+    from lram.data.cli import main
+
+    return main(argv)
+
+
 def _models(argv: Sequence[str]) -> int:
     """Print the size presets and their parameter counts next to the paper's."""
     import argparse
@@ -27,9 +33,17 @@ def _models(argv: Sequence[str]) -> int:
     return 0
 
 
+def _train(argv: Sequence[str]) -> int:
+    from lram.training.cli import main
+
+    return main(argv)
+
+
 COMMANDS = {
+    "train": (_train, "train a policy from a YAML config (torchrun for DDP), or --resume a run"),
     "bench": (_bench, "latency per environment step vs context length and the memory-bound floor"),
     "models": (_models, "size presets and parameter counts beside the paper's"),
+    "data": (_data, "trajectory data: info, check, convert (paper and packed layouts), generate"),
 }
 
 

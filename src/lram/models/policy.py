@@ -285,8 +285,12 @@ class LRAMPolicy(nn.Module):
         logits = self.action_head(hidden).reshape(B, C, cfg.max_act_dim, cfg.vocab_size)
         return PolicyOutput(logits=logits, hidden=hidden, state=new_state)
 
-    def loss(self, batch: TrajectoryBatch, output: PolicyOutput | None = None) -> tuple[torch.Tensor, dict]:
-        """Masked cross-entropy over action tokens (padded timesteps and action dims contribute nothing)."""
+    def loss(self, batch: TrajectoryBatch, output: PolicyOutput | None = None,
+             token_count: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict]:
+        """Masked cross-entropy over action tokens (padded timesteps and action dims contribute nothing).
+        The mean is over this batch's valid tokens, or over ``token_count`` tokens if given (data-parallel
+        training passes the global count / world size, so that averaging the ranks' gradients gives the
+        exact global mean)."""
         if batch.actions is None:
             raise ValueError("actions: the loss needs target actions")
         out = self(batch) if output is None else output
@@ -297,7 +301,7 @@ class LRAMPolicy(nn.Module):
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
         w = valid.reshape(-1).float()
         n = w.sum().clamp_min(1.0)
-        loss = (ce * w).sum() / n
+        loss = (ce * w).sum() / (n if token_count is None else token_count)
         with torch.no_grad():
             pred = logits.argmax(-1)
             acc = ((pred == targets).float().reshape(-1) * w).sum() / n

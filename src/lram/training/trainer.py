@@ -1,0 +1,347 @@
+"""The training loop, readable top to bottom: data -> model -> optimizer -> loop (accumulation, autocast,
+clipping, schedule) -> validation -> checkpoints.  One process, or many under torchrun (DDP).
+
+The paper's recipe (spec 4.5): AdamW, weight decay on weight matrices only, linear warm-up then cosine decay
+to ``min_lr``, one micro-batch per domain per optimizer step (round-robin), global-norm clipping, bf16
+autocast on GPU.  The schedule is stepped per optimizer step (the paper's code steps it per micro-step;
+with accumulation = number of domains its 200K micro-steps are 33.3K optimizer steps).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lram.data.domains import domain_setting
+from lram.data.sampler import DomainData, SamplerConfig, SamplerDataset, WindowSampler
+from lram.models.policy import LRAMConfig, LRAMPolicy, TrajectoryBatch
+from lram.training.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from lram.training.config import Config, config_from_dict
+from lram.utils.checks import validation
+from lram.utils.io import write_json_atomic
+
+
+# ----------------------------------------------------------------------------- pieces
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up over ``warmup_steps`` optimizer steps, then cosine from ``lr`` to ``min_lr`` at ``steps``."""
+    o, total = cfg.optim, cfg.train.steps
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices / conv kernels only; none on biases, norms, embeddings, gate biases."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_matrix = p.dim() >= 2 and not isinstance(module, (nn.Embedding, nn.LayerNorm))
+            (decay if is_matrix else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def open_domains(cfg: Config) -> list[DomainData]:
+    from lram.data.storage import open_dataset
+
+    domains = []
+    for d in cfg.data.domains:
+        tasks = open_dataset(d.path)
+        if d.tasks:
+            missing = sorted(set(d.tasks) - set(tasks))
+            if missing:
+                raise ValueError(f"data.domains[{d.name}].tasks: {missing} not found under {d.path}")
+            tasks = {k: tasks[k] for k in d.tasks}
+        if not tasks:
+            raise ValueError(f"data.domains[{d.name}].path: no task folders under {d.path}")
+        domains.append(DomainData(
+            name=d.name, tasks=[tasks[k] for k in sorted(tasks)],
+            reward_scale=float(domain_setting(d.name, "reward_scale", d.reward_scale, 1.0)),
+            num_actions=domain_setting(d.name, "num_actions", d.num_actions),
+            in_context=bool(domain_setting(d.name, "in_context", d.in_context, False)),
+        ))
+    return domains
+
+
+def domain_registry(domains: list[DomainData]) -> list[dict]:
+    """What a checkpoint records about each domain (everything needed to act)."""
+    out = []
+    for d in domains:
+        t = d.tasks[0]
+        out.append({"name": d.name, "reward_scale": d.reward_scale, "discrete": d.discrete,
+                    "num_actions": d.num_actions, "in_context": d.in_context, "obs_shape": list(t.obs_shape),
+                    "action_dim": int(getattr(t, "action_dim", 1)), "tasks": [x.task for x in d.tasks],
+                    "max_returns": {x.task: float(np.max(x.returns)) for x in d.tasks}})
+    return out
+
+
+class MetricsLog:
+    """Metrics to JSONL and CSV (and TensorBoard / Weights & Biases when enabled and installed)."""
+
+    def __init__(self, run_dir: Path, cfg: Config, enabled: bool):
+        self.enabled = enabled
+        self.jsonl = run_dir / "metrics.jsonl"
+        self.csv = run_dir / "metrics.csv"
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        if cfg.logging.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed
+                self.tb = None
+        if cfg.logging.wandb:
+            try:
+                import wandb
+
+                self.wandb = wandb.init(project=cfg.logging.wandb_project, config=cfg.to_dict(), dir=str(run_dir))
+            except ImportError as e:
+                raise ImportError("logging.wandb=true needs the wandb package: pip install wandb") from e
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **metrics}
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        new = not self.csv.exists()
+        with open(self.csv, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "key", "value"])
+            for k, v in metrics.items():
+                w.writerow([step, k, v])
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Builds everything from a :class:`Config` and runs (or resumes) training."""
+
+    def __init__(self, cfg: Config, resume: bool = False, hooks: list[Callable] | None = None):
+        self.cfg = cfg
+        self.hooks = hooks or []  # called as hook(trainer, step) after each eval (e.g. rollout evaluation)
+        # --- processes and device
+        self.distributed = cfg.train.distributed != "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
+            dist.init_process_group(backend)
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        dev = cfg.train.device
+        if dev == "auto":
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(dev)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        prec = cfg.train.precision
+        if prec == "auto":
+            prec = "bf16" if self.device.type == "cuda" else "fp32"
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if prec == "bf16" else nullcontext())
+        self.run_dir = Path(cfg.logging.run_dir)
+        # --- data
+        self.domains = open_domains(cfg)
+        scfg = SamplerConfig(context=cfg.data.context, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
+                             domain_order=cfg.data.domain_order, domain_weights=cfg.data.domain_weights,
+                             within=cfg.data.within, valid_fraction=cfg.data.valid_fraction)
+        self.sampler = WindowSampler(self.domains, scfg, "train", self.rank, self.world)
+        self.valid_sampler = None
+        if cfg.data.valid_fraction > 0:
+            try:
+                self.valid_sampler = WindowSampler(self.domains, scfg, "valid", self.rank, self.world)
+            except ValueError:
+                self.valid_sampler = None  # too little data to hold any trajectory out
+        self.accum = cfg.optim.accumulation or len(self.sampler.domains)
+        # --- model and optimizer (seeded identically on every rank)
+        torch.manual_seed(cfg.train.seed)
+        mcfg = cfg.model
+        any_images = any(len(d.tasks[0].obs_shape) == 3 for d in self.domains)
+        self.model = LRAMPolicy(LRAMConfig.from_preset(
+            mcfg.size, mcfg.backbone, use_images=mcfg.use_images and any_images, rtg_condition=mcfg.rtg_condition,
+            reward_condition=mcfg.reward_condition, action_condition=mcfg.action_condition,
+            backbone_options=dict(mcfg.backbone_options))).to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                           betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        self.step = 0
+        if resume:
+            self._resume()
+        self.ddp_model = self.model
+        if self.distributed:
+            kinds = {len(d.tasks[0].obs_shape) for d in self.domains}  # image and vector domains: encoders idle
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=len(kinds) > 1)
+        self.forward_model = torch.compile(self.ddp_model) if cfg.train.compile else self.ddp_model
+        self.log = MetricsLog(self.run_dir, cfg, self.is_main)
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            if self.is_main:
+                print(f"resume: no checkpoint in {self.run_dir}, starting from scratch")
+            return
+        from safetensors.torch import load_file
+
+        self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
+        state = load_trainer_state(ckpt)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        if self.is_main:
+            print(f"resumed from {ckpt} at step {self.step}")
+
+    def save(self) -> Path | None:
+        if not self.is_main:
+            return None
+        state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "config": self.cfg.to_dict(),
+                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                 "numpy_rng": np.random.get_state(), "world_size": self.world}
+        return save_checkpoint(self.run_dir, self.step, self.model, state, domain_registry(self.domains),
+                               self.cfg.train.keep_last)
+
+    # ------------------------------------------------------------------ data
+    def _batches(self, start_micro: int):
+        """Micro-batches from ``start_micro`` on: directly, or through DataLoader workers."""
+        if self.cfg.data.workers <= 0:
+            return self.sampler.stream(start_micro)
+        loader = torch.utils.data.DataLoader(SamplerDataset(self.sampler, start_micro), batch_size=None,
+                                             num_workers=self.cfg.data.workers, persistent_workers=True,
+                                             prefetch_factor=2)
+        return iter(loader)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict:
+        cfg = self.cfg
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", cfg.to_dict())
+        batches = self._batches(self.step * self.accum)
+        from tqdm import tqdm
+
+        stop = min(cfg.train.stop_after or cfg.train.steps, cfg.train.steps)
+        bar = tqdm(total=stop, initial=self.step, desc="train", disable=not self.is_main)
+        last = {}
+        self.model.train()
+        with validation("shapes"):  # checked once per batch shape, not every step's values
+            while self.step < stop:
+                t0 = time.perf_counter()
+                lr = lr_at(self.step, cfg)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                losses, per_domain = [], {}
+                for micro in range(self.accum):
+                    domain, batch = next(batches)
+                    batch = batch.to(self.device)
+                    sync = self.distributed and micro < self.accum - 1
+                    count = None
+                    if self.distributed:  # normalise by the global token count: exact global mean
+                        count = self.model.targets(batch)[1].sum().float()
+                        dist.all_reduce(count)
+                        count = count.clamp_min(1.0) / self.world
+                    with (self.ddp_model.no_sync() if sync else nullcontext()), self.autocast:
+                        out = self.forward_model(batch)
+                        loss, m = self.model.loss(batch, out, count)
+                    (loss / self.accum).backward()
+                    value = loss.detach()
+                    if self.distributed:
+                        dist.all_reduce(value)
+                        value /= self.world
+                    losses.append(value.item())
+                    per_domain[f"train/{domain}/loss"] = value.item()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                bar.update(1)
+                last = {"train/loss": float(np.mean(losses)), "train/lr": lr, "train/grad_norm": float(grad_norm),
+                        "train/step_time_s": time.perf_counter() - t0, **per_domain}
+                if self.step % cfg.train.log_every == 0 or self.step == stop:
+                    self.log.write(self.step, last)
+                    bar.set_postfix(loss=f"{last['train/loss']:.3f}")
+                if cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
+                    self.evaluate()
+                if cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0:
+                    self.save()
+        bar.close()
+        final = self.evaluate()
+        self.save()
+        self.log.close()
+        return {**last, **final}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Validation loss, perplexity and action accuracy per domain on held-out trajectories; then hooks."""
+        metrics = {}
+        if self.valid_sampler is not None and self.cfg.train.eval_batches > 0:
+            self.model.eval()
+            n_dom = len(self.valid_sampler.domains)
+            sums: dict[str, list] = {}
+            for k in range(self.cfg.train.eval_batches * n_dom):
+                domain, batch = self.valid_sampler.batch(k)
+                batch = batch.to(self.device)
+                with self.autocast:
+                    _, m = self.model.loss(batch)
+                s = sums.setdefault(domain, [0.0, 0.0, 0])
+                s[0] += m["loss"] * m["tokens"]
+                s[1] += m["accuracy"] * m["tokens"]
+                s[2] += m["tokens"]
+            for domain, (l, a, n) in sums.items():
+                loss = l / max(n, 1)
+                metrics.update({f"valid/{domain}/loss": loss, f"valid/{domain}/perplexity": math.exp(min(loss, 50)),
+                                f"valid/{domain}/accuracy": a / max(n, 1)})
+            self.model.train()
+            self.log.write(self.step, metrics)
+        for hook in self.hooks:
+            hook(self, self.step)
+        return metrics
+
+
+def train(cfg: Config, resume: bool = False) -> dict:
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.train()
+    finally:
+        if trainer.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
+    """The config a run was started with (from RUN_DIR/config.json), with optional overrides."""
+    from lram.training.config import apply_overrides
+
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"--resume {run_dir}: no config.json (is this an lram run folder?)")
+    return config_from_dict(apply_overrides(json.loads(path.read_text()), overrides or []))
+
+
+__all__ = ["Trainer", "TrajectoryBatch", "lr_at", "param_groups", "resume_config", "train"]

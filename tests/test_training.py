@@ -1,0 +1,155 @@
+"""`lram train`: configs, schedule, end-to-end runs on data the test writes, exact resume, DDP equivalence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lram
+from lram.data.episode import Episode
+from lram.training.config import ConfigError, load_config
+from lram.training.trainer import Trainer, lr_at, param_groups, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_domain(root: Path, name: str, tasks: dict, discrete: bool, obs_dim: int = 6, act_dim: int = 3, seed=0):
+    """Paper-layout task folders with episodes whose actions depend on the states (learnable)."""
+    from lram.data.storage import PaperWriter
+
+    rng = np.random.default_rng(seed)
+    for task, n_eps in tasks.items():
+        with PaperWriter(root / name / task, fmt="npz", compress=False, progress=False) as w:
+            for _ in range(n_eps):
+                L = int(rng.integers(20, 60))
+                s = rng.normal(size=(L, obs_dim)).astype(np.float32)
+                a = (s[:, 0] > 0).astype(np.int64) * 2 if discrete else np.tanh(s[:, :act_dim]).astype(np.float32)
+                r = rng.random(L).astype(np.float32)
+                w.write(Episode(states=s, actions=a, rewards=r))
+    return str(root / name)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_domain(root, "metaworld", {"reach-v3": 40, "push-v3": 40}, discrete=False)
+    write_domain(root, "atari", {"pong": 40}, discrete=True, seed=1)
+    return root
+
+
+def make_cfg(data_root: Path, run_dir: Path, *overrides: str):
+    base = [
+        f"data.domains=[{{name: metaworld, path: {data_root / 'metaworld'}}}, {{name: atari, path: {data_root / 'atari'}}}]",
+        "data.context=10", "data.batch_size=8", "model.size=tiny", "model.backbone=xlstm[1:0]",
+        "optim.warmup_steps=5", "optim.lr=1e-3", "train.steps=20", "train.log_every=5", "train.checkpoint_every=10",
+        "train.eval_batches=2", "logging.tensorboard=false", f"logging.run_dir={run_dir}", "data.valid_fraction=0.05",
+    ]
+    return load_config(None, base + list(overrides))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['lrr'\]; valid keys: \['lr', 'min_lr'"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="train.steps: expected an integer, got 'many'"):
+        load_config(None, ["train.steps=many"])
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr: 3.0e-4\nmodel:\n  size: small\n")
+    cfg = load_config(p, ["optim.betas=[0.9, 0.95]"])
+    assert cfg.optim.lr == 3e-4 and cfg.model.size == "small" and cfg.optim.betas == [0.9, 0.95]
+
+
+def test_shipped_configs_load():
+    configs = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert len(configs) >= 10
+    for c in configs:
+        cfg = load_config(c)
+        assert cfg.data.domains, c
+
+
+def test_schedule_and_weight_decay_groups(tmp_path, data_root):
+    cfg = make_cfg(data_root, tmp_path / "r", "train.steps=100", "optim.warmup_steps=10", "optim.min_lr=1e-5")
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx((1e-3 + 1e-5) / 2) and lr_at(100, cfg) == pytest.approx(1e-5)
+    from lram.models import LRAMPolicy
+
+    model = LRAMPolicy.from_preset("tiny", "xlstm[7:1]")
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    assert all(n.endswith("bias") or "norm" in n or "embed_ln" in n or n.endswith("skip") for n in nd), nd
+    assert "action_head.weight" in {names[id(p)] for p in decay["params"]}
+
+
+def test_end_to_end_training_checkpoint_and_load(tmp_path, data_root):
+    run = tmp_path / "run"
+    result = train(make_cfg(data_root, run, "train.steps=30"))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < losses[0]  # it learns
+    assert "valid/metaworld/loss" in result and "valid/atari/accuracy" in result
+    ckpts = sorted((run / "checkpoints").glob("step-*"))
+    assert [c.name for c in ckpts] == ["step-00000010", "step-00000020", "step-00000030"]
+    policy = lram.load(run)
+    meta = json.loads((ckpts[-1] / "policy.json").read_text())
+    assert {d["name"]: d["reward_scale"] for d in meta["domains"]} == {"metaworld": 200.0, "atari": 20.0}
+    agent = policy.make_agent(2, discrete=False, action_dims=3, reward_scale=200.0)
+    a = agent.act(torch.randn(2, 6), torch.zeros(2), torch.ones(2))
+    assert a.shape == (2, 8) and torch.all(a[:, 3:] == 0)
+
+
+def test_resume_is_exact(tmp_path, data_root):
+    straight = tmp_path / "straight"
+    train(make_cfg(data_root, straight))
+    split = tmp_path / "split"
+    train(make_cfg(data_root, split, "train.stop_after=10"))
+    from lram.training.trainer import resume_config
+
+    cfg = resume_config(split, ["train.stop_after=0"])
+    Trainer(cfg, resume=True).train()
+    a = load_file(str(straight / "checkpoints" / "step-00000020" / "model.safetensors"))
+    b = load_file(str(split / "checkpoints" / "step-00000020" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crash_during_checkpoint_keeps_previous(tmp_path, data_root):
+    run = tmp_path / "run"
+    train(make_cfg(data_root, run, "train.steps=10"))
+    (run / "checkpoints" / ".tmp-step-00000020-999").mkdir()  # a half-written checkpoint of a killed run
+    (run / "checkpoints" / ".tmp-step-00000020-999" / "model.safetensors").write_bytes(b"garbage")
+    assert lram.load(run) is not None
+    cfg = make_cfg(data_root, run, "train.steps=12")
+    t = Trainer(cfg, resume=True)
+    assert t.step == 10
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path, data_root):
+    """torchrun with 2 gloo processes x batch 4 gives the loss curve of 1 process x batch 8."""
+    losses = {}
+    for n, bs in ((1, 8), (2, 4)):
+        run = tmp_path / f"ddp{n}"
+        args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port", str(29500 + n),
+                "-m", "lram", "train", *[a for a in make_cfg_args(data_root, run)], f"data.batch_size={bs}",
+                "train.steps=6", "train.checkpoint_every=0", "train.log_every=1", "train.eval_batches=0"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        losses[n] = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses[1]) == 6 and np.allclose(losses[1], losses[2], rtol=1e-4, atol=1e-5), losses
+
+
+def make_cfg_args(data_root: Path, run_dir: Path) -> list[str]:
+    return [
+        f"data.domains=[{{name: metaworld, path: {data_root / 'metaworld'}}}, {{name: atari, path: {data_root / 'atari'}}}]",
+        "data.context=10", "model.size=tiny", "optim.warmup_steps=5", "optim.lr=1e-3", "logging.tensorboard=false",
+        f"logging.run_dir={run_dir}", "data.valid_fraction=0.05",
+    ]
