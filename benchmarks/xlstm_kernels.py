@@ -35,11 +35,11 @@ def main() -> None:
                 print(f"{kernel:<45} unavailable: {e}")
                 break
 
-            def train_step():
+            def train_step(bb=bb):
                 y, _ = bb(x, return_state=False)
                 y.square().mean().backward()
 
-            def fwd():
+            def fwd(bb=bb):
                 with torch.no_grad():
                     bb(x, return_state=False)
 

@@ -1,0 +1,1 @@
+"""Environments lram generates data in and evaluates on (simulators without a maintained package)."""
