@@ -153,3 +153,31 @@ def make_cfg_args(data_root: Path, run_dir: Path) -> list[str]:
         "data.context=10", "model.size=tiny", "optim.warmup_steps=5", "optim.lr=1e-3", "logging.tensorboard=false",
         f"logging.run_dir={run_dir}", "data.valid_fraction=0.05",
     ]
+
+
+@pytest.mark.slow
+def test_sigkill_loses_only_steps_since_last_checkpoint(tmp_path, data_root):
+    """A run killed with SIGKILL resumes from its last complete checkpoint."""
+    import signal
+    import time
+
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "lram", "train", *make_cfg_args(data_root, run), "data.batch_size=4",
+            "train.steps=400", "train.checkpoint_every=5", "train.eval_batches=0"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "checkpoints" / "step-00000010").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "checkpoints" / "step-00000010").exists(), "no checkpoint written before the kill"
+    from lram.training.checkpoint import latest_checkpoint
+    from lram.training.trainer import resume_config
+
+    last = latest_checkpoint(run)
+    done = int(last.name.split("-")[1])
+    assert done >= 10 and (last / "model.safetensors").exists()
+    t = Trainer(resume_config(run, ["train.stop_after=" + str(done + 2)]), resume=True)
+    assert t.step == done
+    t.train()
+    assert latest_checkpoint(run).name == f"step-{done + 2:08d}"

@@ -147,6 +147,9 @@ class Trainer:
         self.cfg = cfg
         self.hooks = hooks or []  # called as hook(trainer, step) after each eval (e.g. rollout evaluation)
         # --- processes and device
+        if cfg.train.distributed not in ("auto", "ddp", "none"):
+            raise ValueError(f"train.distributed: {cfg.train.distributed!r} is not supported yet; use auto, ddp or none "
+                             "(FSDP for the large sizes is planned)")
         self.distributed = cfg.train.distributed != "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
