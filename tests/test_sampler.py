@@ -28,6 +28,7 @@ class MemoryTask:
             self.eps.append({"states": states, "actions": actions, "rewards": rewards.astype(np.float32),
                              "dones": np.arange(L) == L - 1, "returns_to_go": returns_to_go(rewards)})
         self.returns = np.array([e["rewards"].sum() for e in self.eps])
+        self.stems, self.path = [str(i) for i in range(len(self.lengths))], task
 
     def read(self, i, start=0, end=None, fields=("states", "actions", "rewards", "dones", "returns_to_go")):
         return {f: self.eps[i][f][start:end] for f in fields}
@@ -157,3 +158,12 @@ def test_bad_configuration_is_named():
         make_sampler(within="tasks")
     with pytest.raises(ValueError, match=r"domain_weights: unknown domain\(s\) \['dmc'\]"):
         make_sampler(domain_order="weighted", domain_weights={"dmc": 1.0})
+
+
+def test_broken_episode_is_never_trained_on():
+    task = MemoryTask("reach", [30] * 4)
+    task.eps[2]["rewards"][5] = float("nan")
+    s = WindowSampler([DomainData("metaworld", [task])], SamplerConfig(context=50, batch_size=8, valid_fraction=0.0))
+    with pytest.raises(Exception, match="episode 2: field 'rewards': contains NaN/inf"):
+        for step in range(20):
+            s.batch(step)

@@ -90,7 +90,9 @@ def test_schedule_and_weight_decay_groups(tmp_path, data_root):
 
 def test_end_to_end_training_checkpoint_and_load(tmp_path, data_root):
     run = tmp_path / "run"
-    result = train(make_cfg(data_root, run, "train.steps=30"))
+    result = train(make_cfg(data_root, run, "train.steps=30", "logging.tensorboard=true"))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard event file written
+    assert (run / "metrics.csv").read_text().startswith("step,key,value")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert losses[-1] < losses[0]  # it learns

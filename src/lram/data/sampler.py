@@ -200,7 +200,7 @@ class WindowSampler:
         L = int(dom.lengths[flat])
         end = min(int(u * L), L - 1) + 1  # exclusive end: the window's last step is uniform in 0..L-1
         start = max(end - C, 0)
-        arrays = task.read(ep, start, end)
+        arrays = _checked(task, ep, task.read(ep, start, end))
         prev_reward = float(task.read(ep, start - 1, start, ("rewards",))["rewards"][0]) if start > 0 else 0.0
         first = np.zeros(end - start, dtype=bool)
         first[0] = start == 0
@@ -218,7 +218,7 @@ class WindowSampler:
             e -= 1
             stop = int(task.lengths[e]) if e >= 0 else 0
         parts.reverse()
-        reads = [task.read(e, b, s) for e, b, s in parts]
+        reads = [_checked(task, e, task.read(e, b, s)) for e, b, s in parts]
         arrays = {k: np.concatenate([r[k] for r in reads]) for k in reads[0]}
         first = np.concatenate([np.arange(s - b) == 0 if b == 0 else np.zeros(s - b, bool) for _, b, s in parts])
         e0, b0, _ = parts[0]
@@ -272,6 +272,16 @@ class WindowSampler:
             num_actions=dom.data.num_actions, reward_scale=float(dom.data.reward_scale),
             prev_reward=torch.from_numpy(prev_r), first_step=torch.from_numpy(first),
         )
+
+
+def _checked(task, ep: int, arrays: dict) -> dict:
+    """Refuse to train on a broken window: non-finite values raise a DataError naming the episode and field."""
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            stem = task.stems[ep] if hasattr(task, "stems") else ep
+            raise DataError(f"{getattr(task, 'path', task.task)} episode {stem}", name,
+                            "contains NaN/inf; run `lram data check` on the dataset")
+    return arrays
 
 
 class SamplerDataset(torch.utils.data.IterableDataset):
