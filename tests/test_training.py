@@ -133,20 +133,28 @@ def test_crash_during_checkpoint_keeps_previous(tmp_path, data_root):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_one(tmp_path, data_root):
-    """torchrun with 2 gloo processes x batch 4 gives the loss curve of 1 process x batch 8."""
+def test_ddp_and_fsdp_two_processes_match_one(tmp_path, data_root):
+    """torchrun with 2 gloo processes x batch 4 (DDP, and FSDP) gives the loss curve of 1 process x batch 8;
+    the FSDP run's checkpoint is a full one that loads as a policy."""
     losses = {}
-    for n, bs in ((1, 8), (2, 4)):
-        run = tmp_path / f"ddp{n}"
-        args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port", str(29500 + n),
-                "-m", "lram", "train", *[a for a in make_cfg_args(data_root, run)], f"data.batch_size={bs}",
-                "train.steps=6", "train.checkpoint_every=0", "train.log_every=1", "train.eval_batches=0"]
+    for name, n, bs, mode in (("one", 1, 8, "auto"), ("ddp", 2, 4, "ddp"), ("fsdp", 2, 4, "fsdp")):
+        run = tmp_path / name
+        args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port",
+                str(29500 + len(losses)), "-m", "lram", "train", *make_cfg_args(data_root, run), f"data.batch_size={bs}",
+                f"train.distributed={mode}", "train.steps=6", "train.checkpoint_every=3", "train.log_every=1",
+                "train.eval_batches=0"]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        losses[n] = [r["train/loss"] for r in rows if "train/loss" in r]
-    assert len(losses[1]) == 6 and np.allclose(losses[1], losses[2], rtol=1e-4, atol=1e-5), losses
+        losses[name] = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses["one"]) == 6
+    assert np.allclose(losses["one"], losses["ddp"], rtol=1e-4, atol=1e-5), losses
+    assert np.allclose(losses["one"], losses["fsdp"], rtol=1e-4, atol=1e-5), losses
+    a = load_file(str(tmp_path / "one" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "fsdp" / "checkpoints" / "step-00000006" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert lram.load(tmp_path / "fsdp") is not None
 
 
 def make_cfg_args(data_root: Path, run_dir: Path) -> list[str]:

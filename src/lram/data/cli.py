@@ -4,6 +4,8 @@
     lram data check PATH                      validate every episode; lists every bad file; exit 1 if any
     lram data convert SRC DST --layout packed|paper [--format hdf5|npz] [--no-compress]
     lram data generate DOMAIN ...             run lram.data.generators.DOMAIN.main (e.g. darkroom, metaworld)
+    lram data import FORMAT SRC DST [--layout paper|packed] ...
+                                              import robomimic/mimicgen, composuite, dqn-replay or minari data
 
 PATH / SRC may be one task folder or a root holding task folders (found recursively; layouts may mix).
 """
@@ -129,11 +131,59 @@ def _generate(argv: Sequence[str]) -> int:
     return int(module.main(list(argv[1:])) or 0)
 
 
+def _import(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="lram data import", description="Import a published data set into lram task folders "
+                                "DST/<task> (resumable: episodes already written are skipped).")
+    p.add_argument("format", choices=["robomimic", "mimicgen", "composuite", "dqn-replay", "minari"])
+    p.add_argument("src", help="robomimic/composuite: an HDF5 file or a folder of them; dqn-replay: a folder holding "
+                   "<Game>/<run>/replay_logs/; minari: the dataset folder (holding data/metadata.json)")
+    p.add_argument("dst", help="root folder: tasks are written to DST/<task>")
+    p.add_argument("--layout", default="paper", choices=["paper", "packed"])
+    p.add_argument("--format", dest="fmt", default="hdf5", choices=["hdf5", "npz"], help="paper layout: episode file format")
+    p.add_argument("--no-compress", action="store_true", help="paper layout: write uncompressed files")
+    p.add_argument("--compression-level", type=int, default=1, help="paper layout, hdf5: gzip level (paper: 1)")
+    p.add_argument("--task", help="task folder name (a single source file / data set only)")
+    p.add_argument("--low-dim-keys", help="robomimic: comma list of obs keys (default: every [T, d] key)")
+    p.add_argument("--sparse-reward", action="store_true", help="robomimic: reward 1 at the last step of a successful demo")
+    p.add_argument("--game", help="dqn-replay: game name (default: the folder above the run folder)")
+    p.add_argument("--minimal-actions", help="dqn-replay: the game's minimal action set as full-set ids, a JSON or comma "
+                   "list (default: from ale-py's bundled ROM)")
+    p.add_argument("--checkpoints", help="dqn-replay: comma list of checkpoint numbers k to import (default: all)")
+    p.add_argument("--clip-rewards", action="store_true", help="dqn-replay: clip rewards to [-1, 1] (DQN-Replay's are already)")
+    p.add_argument("--clip-actions", action="store_true", help="minari: clip Box actions to [-1, 1]")
+    p.add_argument("--dataset-id", help="minari: dataset id; SRC is then the datasets root (MINARI_DATASETS_PATH)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    from lram.data import importers
+
+    opts: dict = {"layout": args.layout, "progress": not args.no_progress}
+    if args.layout == "paper":
+        opts.update(fmt=args.fmt, compress=not args.no_compress, compression_level=args.compression_level)
+    if args.format in ("robomimic", "mimicgen"):
+        keys = [k.strip() for k in args.low_dim_keys.split(",") if k.strip()] if args.low_dim_keys else None
+        res = importers.import_robomimic(args.src, args.dst, task=args.task, low_dim_keys=keys,
+                                         sparse_reward=args.sparse_reward, **opts)
+    elif args.format == "composuite":
+        res = importers.import_composuite(args.src, args.dst, task=args.task, **opts)
+    elif args.format == "dqn-replay":
+        ckpts = [int(k) for k in args.checkpoints.split(",")] if args.checkpoints else None
+        res = importers.import_dqn_replay(args.src, args.dst, game=args.game or args.task,
+                                          minimal_actions=args.minimal_actions, checkpoints=ckpts,
+                                          clip_rewards=args.clip_rewards, **opts)
+    else:
+        res = importers.import_minari(args.src, args.dst, dataset_id=args.dataset_id, task=args.task,
+                                      clip_actions=args.clip_actions, **opts)
+    for name, r in res.items():
+        print(f"{name}: wrote {r['written']} episodes, skipped {r['skipped']} already in {r['task']}")
+    return 0
+
+
 COMMANDS = {
     "info": (_info, "per task: layout, episodes, transitions, return range, observation and action kinds"),
     "check": (_check, "validate every episode of a task or tree; lists every bad file; exit 1 if any"),
     "convert": (_convert, "copy tasks into the packed or the paper layout"),
     "generate": (_generate, "generate a data set (lram.data.generators.DOMAIN)"),
+    "import": (_import, "import robomimic/mimicgen, composuite, dqn-replay or minari data into task folders"),
 }
 
 

@@ -36,7 +36,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model: LRAMPolicy, trainer_state: dict,
-                    domains: list[dict], keep_last: int = 3) -> Path:
+                    domains: list[dict], keep_last: int = 3, weights: dict | None = None) -> Path:
     """Write checkpoint ``step`` atomically and prune old ones; returns its folder."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: LRAMPolicy, trainer_s
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = model.state_dict() if weights is None else weights  # `weights`: a gathered (FSDP) full state
+    state = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"lram_format": str(FORMAT_VERSION)})
     (tmp / "policy.json").write_text(json.dumps(
         {"format": FORMAT_VERSION, "config": model.config.to_dict(), "domains": domains, "step": step}, indent=2))

@@ -76,7 +76,7 @@ class LoopConfig:
     eval_batches: int = 10
     checkpoint_every: int = 100
     keep_last: int = 3
-    distributed: str = "auto"  # auto (DDP when launched by torchrun), ddp, none
+    distributed: str = "auto"  # auto/ddp (DDP when launched by torchrun), fsdp (sharded; large sizes), none
 
 
 @dataclass

@@ -147,9 +147,8 @@ class Trainer:
         self.cfg = cfg
         self.hooks = hooks or []  # called as hook(trainer, step) after each eval (e.g. rollout evaluation)
         # --- processes and device
-        if cfg.train.distributed not in ("auto", "ddp", "none"):
-            raise ValueError(f"train.distributed: {cfg.train.distributed!r} is not supported yet; use auto, ddp or none "
-                             "(FSDP for the large sizes is planned)")
+        if cfg.train.distributed not in ("auto", "ddp", "fsdp", "none"):
+            raise ValueError(f"train.distributed: expected auto, ddp, fsdp or none, got {cfg.train.distributed!r}")
         self.distributed = cfg.train.distributed != "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1
         if self.distributed and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
@@ -189,13 +188,29 @@ class Trainer:
             mcfg.size, mcfg.backbone, use_images=mcfg.use_images and any_images, rtg_condition=mcfg.rtg_condition,
             reward_condition=mcfg.reward_condition, action_condition=mcfg.action_condition,
             backbone_options=dict(mcfg.backbone_options))).to(self.device)
+        self.step = 0
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None and self.is_main:
+            print(f"resume: no checkpoint in {self.run_dir}, starting from scratch")
+        if ckpt is not None:  # weights go in before sharding, as plain tensors
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
+        self.fsdp = self.distributed and cfg.train.distributed == "fsdp"
+        if self.fsdp:  # shard parameters, gradients and optimizer state: each block, then the rest
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(self.device.type, (self.world,))
+            for block in self.model.backbone.blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(self.model, mesh=mesh)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                            betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-        self.step = 0
-        if resume:
-            self._resume()
+        if ckpt is not None:
+            self._restore(ckpt)
         self.ddp_model = self.model
-        if self.distributed:
+        if self.distributed and not self.fsdp:
             kinds = {len(d.tasks[0].obs_shape) for d in self.domains}  # image and vector domains: encoders idle
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -204,17 +219,13 @@ class Trainer:
         self.log = MetricsLog(self.run_dir, cfg, self.is_main)
 
     # ------------------------------------------------------------------ resume
-    def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            if self.is_main:
-                print(f"resume: no checkpoint in {self.run_dir}, starting from scratch")
-            return
-        from safetensors.torch import load_file
+    def _restore(self, ckpt: Path) -> None:
+        """Optimizer state, counters and RNG states of a checkpoint (the weights are already loaded)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
         state = load_trainer_state(ckpt)
-        self.optimizer.load_state_dict(state["optimizer"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
@@ -223,13 +234,24 @@ class Trainer:
             print(f"resumed from {ckpt} at step {self.step}")
 
     def save(self) -> Path | None:
+        """Write a checkpoint (rank 0).  Full, unsharded state: gathered from every rank under FSDP, so a
+        checkpoint resumes with any number of processes and loads with ``lram.load``."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(self.model, options=opts) if self.fsdp else None  # collective
+        optim = get_optimizer_state_dict(self.model, self.optimizer, options=opts)  # collective under FSDP
         if not self.is_main:
             return None
-        state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "config": self.cfg.to_dict(),
+        state = {"optimizer": optim, "step": self.step, "config": self.cfg.to_dict(),
                  "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                  "numpy_rng": np.random.get_state(), "world_size": self.world}
         return save_checkpoint(self.run_dir, self.step, self.model, state, domain_registry(self.domains),
-                               self.cfg.train.keep_last)
+                               self.cfg.train.keep_last, weights=weights)
 
     # ------------------------------------------------------------------ data
     def _batches(self, start_micro: int):
@@ -264,7 +286,7 @@ class Trainer:
                 for micro in range(self.accum):
                     domain, batch = next(batches)
                     batch = batch.to(self.device)
-                    sync = self.distributed and micro < self.accum - 1
+                    sync = self.distributed and not self.fsdp and micro < self.accum - 1
                     count = None
                     if self.distributed:  # normalise by the global token count: exact global mean
                         count = self.model.targets(batch)[1].sum().float()
