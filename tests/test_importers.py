@@ -77,13 +77,13 @@ def test_robomimic_keys_dense_rewards_and_errors(tmp_path):
     want = np.concatenate([src[0]["obs"]["object"], src[0]["obs"]["robot0_eef_quat"]], axis=1)
     np.testing.assert_allclose(ep["states"], want.astype(np.float32))
     np.testing.assert_array_equal(ep["rewards"], src[0]["rewards"].astype(np.float32))
+    with pytest.raises(DataError, match=r"coffee\.hdf5.*data/demo_0/obs/nope.*missing"):
+        import_robomimic(path, tmp_path / "out3", low_dim_keys=["nope"], progress=False)
     with h5py.File(path, "a") as f:
         del f["data/demo_0/actions"]
         f["data/demo_0/actions"] = np.zeros((3, 7))
     with pytest.raises(DataError, match=r"coffee\.hdf5.*data/demo_0/actions.*num_samples"):
         import_robomimic(path, tmp_path / "out2", progress=False)
-    with pytest.raises(DataError, match=r"coffee\.hdf5.*data/demo_0/obs/nope.*missing"):
-        import_robomimic(path, tmp_path / "out3", low_dim_keys=["nope"], progress=False)
     (tmp_path / "bad.hdf5").write_bytes(b"not hdf5")
     with pytest.raises(DataError, match=r"bad\.hdf5.*not a readable HDF5"):
         import_robomimic(tmp_path / "bad.hdf5", tmp_path / "out4", progress=False)
@@ -157,6 +157,10 @@ def test_dqn_replay_frames_actions_and_resume(tmp_path):
         assert ep["dones"].astype(bool).tolist() == [False] * (e - s - 1) + [True]
     # the same minimal set from ale-py's bundled Pong ROM, and resume skips everything
     pytest.importorskip("ale_py")
+    from lram.data.importers.dqn_replay import minimal_action_set, rom_name
+
+    assert minimal_action_set("Pong") == [0, 1, 3, 4, 11, 12]  # NOOP FIRE RIGHT LEFT RIGHTFIRE LEFTFIRE
+    assert rom_name("SpaceInvaders") == "space_invaders" and rom_name("MsPacman") == "ms_pacman"
     again = import_dqn_replay(tmp_path / "src", tmp_path / "out", progress=False)
     assert again["Pong"]["written"] == 0 and again["Pong"]["skipped"] == 3
 

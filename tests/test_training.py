@@ -191,3 +191,11 @@ def test_sigkill_loses_only_steps_since_last_checkpoint(tmp_path, data_root):
     assert t.step == done
     t.train()
     assert latest_checkpoint(run).name == f"step-{done + 2:08d}"
+
+
+def test_bf16_autocast_trains(tmp_path, data_root):
+    """The GPU recipe's bf16 autocast path runs on the CPU too (train.compile=true is checked by hand: its
+    compilation takes minutes on 2 cores)."""
+    result = train(make_cfg(data_root, tmp_path / "bf16", "train.steps=6", "train.checkpoint_every=0",
+                            "train.precision=bf16"))
+    assert np.isfinite(result["train/loss"]) and "valid/atari/loss" in result

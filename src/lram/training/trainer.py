@@ -339,6 +339,11 @@ class Trainer:
                 s[0] += m["loss"] * m["tokens"]
                 s[1] += m["accuracy"] * m["tokens"]
                 s[2] += m["tokens"]
+            if self.distributed:  # every rank evaluated its slice of each batch: add them up
+                names = sorted(sums)
+                t = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.device)
+                dist.all_reduce(t)
+                sums = {k: t[i].tolist() for i, k in enumerate(names)}
             for domain, (l, a, n) in sums.items():
                 loss = l / max(n, 1)
                 metrics.update({f"valid/{domain}/loss": loss, f"valid/{domain}/perplexity": math.exp(min(loss, 50)),
