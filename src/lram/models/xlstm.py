@@ -31,6 +31,7 @@ mLSTM kernels are chosen by name (``XLSTMConfig.mlstm_kernel``): ``"chunkwise"``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,6 +183,12 @@ def mlstm_recurrent(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: 
     return torch.stack(hs, 2), (C, n, m)
 
 
+@functools.cache
+def _future_mask(L: int, device: torch.device) -> torch.Tensor:
+    """[L, L] True above the diagonal (s > t), cached per size: the step builds it once, not every call."""
+    return torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
+
+
 @torch.no_grad()
 def mlstm_step_inplace(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: float = 1e-6):
     """Inference step on a few tokens (one chunk) that updates the state tensors in place.
@@ -195,7 +202,7 @@ def mlstm_step_inplace(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, ep
     b = F.logsigmoid(f).cumsum(-1)  # [B, NH, L]
     log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)  # [B, NH, L, L]
     if L > 1:
-        log_d = log_d.masked_fill(~torch.ones(L, L, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+        log_d = log_d.masked_fill(_future_mask(L, q.device), float("-inf"))
     log_inter = b + m.unsqueeze(-1)
     m_t = torch.maximum(log_d.amax(-1), log_inter)
     s = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m_t.unsqueeze(-1))
@@ -360,7 +367,7 @@ class MLSTMLayer(nn.Module):
         h, (C, n, m) = kernel(heads(q), heads(k), heads(v), ig, fg, (st["C"], st["n"], st["m"]), chunk_size, self.cfg.eps)
         h = h.transpose(1, 2).reshape(B, T, self.inner).to(x.dtype)
         h = multihead_norm(h, nh, self.out_norm_weight, self.cfg.norm_eps)
-        y = self.down_proj((h + self.skip * x_c) * F.silu(z))
+        y = self.down_proj(torch.addcmul(h, self.skip, x_c) * F.silu(z))
         return y, {"C": C, "n": n, "m": m, "conv": conv_state}
 
     def init_state(self, batch_size: int, device) -> dict[str, torch.Tensor]:
