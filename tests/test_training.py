@@ -199,3 +199,16 @@ def test_bf16_autocast_trains(tmp_path, data_root):
     result = train(make_cfg(data_root, tmp_path / "bf16", "train.steps=6", "train.checkpoint_every=0",
                             "train.precision=bf16"))
     assert np.isfinite(result["train/loss"]) and "valid/atari/loss" in result
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path, data_root):
+    """train.compile=true (torch.compile of the model) trains to the same losses as eager (a few minutes on 2 cores)."""
+    runs = {}
+    for compile_ in ("false", "true"):
+        run = tmp_path / f"compile-{compile_}"
+        train(make_cfg(data_root, run, "train.steps=3", "train.checkpoint_every=0", "train.log_every=1",
+                       "train.eval_batches=0", f"train.compile={compile_}"))
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        runs[compile_] = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert np.allclose(runs["false"], runs["true"], rtol=1e-3), runs
