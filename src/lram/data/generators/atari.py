@@ -330,6 +330,15 @@ def format_summary(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def add_recording_args(p: argparse.ArgumentParser) -> None:
+    """The recording options shared by the RL-expert generators (Atari, DMControl)."""
+    p.add_argument("--workers", type=int, default=2, help="recording processes (default: 2; 0/1 = in-process)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", dest="fmt", choices=("hdf5", "npz"), default="hdf5")
+    p.add_argument("--compress", action="store_true", help="gzip level 1 (hdf5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``lram data generate atari OUT ...``: expert Atari episodes with the paper's preprocessing."""
     p = argparse.ArgumentParser(prog="lram data generate atari",
@@ -342,11 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=10, help="episodes per game (default: 10)")
     p.add_argument("--max-steps", type=int, default=27_000, help="agent steps per episode at most (default: 27000)")
     p.add_argument("--deterministic", action="store_true", help="PPO: argmax actions instead of sampling")
-    p.add_argument("--workers", type=int, default=2, help="recording processes (default: 2; 0/1 = in-process)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", dest="fmt", choices=("hdf5", "npz"), default="hdf5")
-    p.add_argument("--compress", action="store_true", help="gzip level 1 (hdf5)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_recording_args(p)
     a = p.parse_args(argv)
     try:
         summary = generate_atari(a.out, a.games, a.episodes, a.algo, timesteps=a.timesteps, seed=a.seed, workers=a.workers,

@@ -30,7 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lram.data.generators.atari import check_common_args, check_settings, format_summary, record_task, sb3_actor, train_sb3
+from lram.data.generators.atari import (
+    add_recording_args,
+    check_common_args,
+    check_settings,
+    format_summary,
+    record_task,
+    sb3_actor,
+    train_sb3,
+)
 
 GENERATOR = "dmcontrol-expert"
 ALGOS = ("sac", "random")
@@ -106,11 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=10, help="episodes per task (default: 10)")
     p.add_argument("--max-steps", type=int, default=1000, help="steps per episode (default: 1000)")
     p.add_argument("--stochastic", action="store_true", help="SAC: sample actions instead of the mean")
-    p.add_argument("--workers", type=int, default=2, help="recording processes (default: 2; 0/1 = in-process)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", dest="fmt", choices=("hdf5", "npz"), default="hdf5")
-    p.add_argument("--compress", action="store_true", help="gzip level 1 (hdf5)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_recording_args(p)
     a = p.parse_args(argv)
     try:
         summary = generate_dmcontrol(a.out, a.tasks, a.episodes, a.algo, timesteps=a.timesteps, seed=a.seed, workers=a.workers,
