@@ -50,18 +50,11 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int) -> dict:
 
 
 def step_weight_shapes(model: LRAMPolicy) -> list[tuple[int, ...]]:
-    """Shapes of the weights a vector-observation step reads (the image encoder and lookup tables excluded)."""
-    shapes = []
-    for name, module in model.named_modules():
-        if name.startswith("image_encoder") or isinstance(module, nn.Embedding):
-            continue
-        w = getattr(module, "weight", None)
-        if isinstance(w, torch.Tensor) and w.dim() >= 2 and not name.endswith("pos_embedding"):
-            shapes.append(tuple(w.shape))
-        for pname, p in module.named_parameters(recurse=False):
-            if pname != "weight" and p.dim() >= 2 and "pos" not in pname:
-                shapes.append(tuple(p.shape))
-    return shapes
+    """Shapes of the weight matrices a vector-observation step reads (image encoder and lookup tables excluded)."""
+    skip = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    if model.image_encoder is not None:
+        skip |= {id(p) for p in model.image_encoder.parameters()}
+    return [tuple(p.shape) for p in model.parameters() if p.dim() >= 2 and id(p) not in skip]
 
 
 def floor_benchmark(shapes: Sequence[tuple[int, ...]], tokens: int, repeats: int, warmup: int) -> dict:
