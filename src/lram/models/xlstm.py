@@ -47,6 +47,10 @@ from lram.models.state import RecurrentState
 M_EMPTY = -1.0e30  # stabiliser value of an empty memory (acts as -inf without inf arithmetic)
 
 
+STEP_KERNELS = ("auto", "fused", "torch")
+FUSED_MAX_TOKENS = 16  # the fused step handles calls of up to this many new tokens per row
+
+
 def round_up(x: float, multiple: int = 64) -> int:
     return int(math.ceil(x / multiple) * multiple)
 
@@ -69,6 +73,9 @@ class XLSTMConfig:
     segment_tokens: int = 2048  # longer sequences are processed in segments of this many tokens
     mlstm_kernel: str = "chunkwise"
     eps: float = 1e-6  # mLSTM normaliser epsilon
+    # inference step on the CPU: "auto" = the fused compiled kernel when it builds, else PyTorch ops;
+    # "fused" = require the fused kernel; "torch" = PyTorch ops only (see lram.models.kernels)
+    step_kernel: str = "auto"
 
     def __post_init__(self):
         self.slstm_at = sorted(int(i) for i in self.slstm_at)
@@ -83,6 +90,8 @@ class XLSTMConfig:
             raise ValueError(
                 f"mlstm_kernel: expected one of {list(MLSTM_KERNELS)} or 'mlstm_kernels:<name>', got {self.mlstm_kernel!r}"
             )
+        if self.step_kernel not in STEP_KERNELS:
+            raise ValueError(f"step_kernel: expected one of {list(STEP_KERNELS)}, got {self.step_kernel!r}")
 
     @property
     def inner_dim(self) -> int:
@@ -471,6 +480,10 @@ class XLSTMBlock(nn.Module):
             self.ffn = GatedFeedForward(cfg.d_model, cfg.ffn_dim)
 
     def forward(self, x: torch.Tensor, st: dict[str, torch.Tensor], chunk_size: int, kernel: Callable):
+        if kernel is FUSED_STEP and self.block_type == "mlstm":
+            return self.fused_step(x, st), st
+        if kernel is FUSED_STEP:
+            kernel = mlstm_step_inplace
         if self.block_type == "mlstm":
             y, st = self.layer(self.norm(x), st, chunk_size, kernel)
         else:
@@ -479,6 +492,22 @@ class XLSTMBlock(nn.Module):
         if self.ffn is not None:
             x = x + self.ffn(self.ffn_norm(x))
         return x, st
+
+
+    @torch.no_grad()
+    def fused_step(self, x: torch.Tensor, st: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This mLSTM block (norm, layer, residual) on a few new tokens as one compiled CPU call; the same
+        function as ``forward`` with :func:`mlstm_step_inplace`, updating the state tensors in place."""
+        L = self.layer
+        return torch.ops.lram.mlstm_block_step(
+            x, self.norm.weight, L.up_proj.weight, L.conv.conv.weight, L.conv.conv.bias, L.q_proj.weight,
+            L.k_proj.weight, L.v_proj.weight, L.gates.weight, L.gates.bias, L.out_norm_weight, L.skip,
+            L.down_proj.weight, st["C"], st["n"], st["m"], st["conv"], self.layer.cfg.norm_eps, self.layer.cfg.eps,
+        )
+
+
+def FUSED_STEP(*args, **kwargs):  # noqa: N802 - a marker passed as the kernel: "use XLSTMBlock.fused_step"
+    raise RuntimeError("FUSED_STEP is a marker, not a kernel")
 
 
 # ============================================================================ the backbone
@@ -531,8 +560,26 @@ class XLSTMBackbone(Backbone):
         # autograd the pure-PyTorch kernels update the matrix memory in place
         kernel = self.mlstm_kernel
         if kernel in (mlstm_chunkwise, mlstm_recurrent) and not torch.is_grad_enabled():
-            kernel = mlstm_step_compilable if torch.compiler.is_compiling() else mlstm_step_inplace
+            if torch.compiler.is_compiling():
+                kernel = mlstm_step_compilable
+            elif self._fused_step_applies(x, state):
+                kernel = FUSED_STEP
+            else:
+                kernel = mlstm_step_inplace
         return self._run(x, state, x.shape[1], kernel, True)
+
+    def _fused_step_applies(self, x: torch.Tensor, state: RecurrentState) -> bool:
+        """Whether this step can run on the fused CPU kernel (float32 CPU tensors, a few tokens, no autograd)."""
+        mode = self.config.step_kernel
+        if mode == "torch" or x.device.type != "cpu" or x.shape[1] > FUSED_MAX_TOKENS:
+            return False
+        if x.dtype != torch.float32 or self.post_norm.weight.dtype != torch.float32:
+            return False
+        if not all(t.is_contiguous() and t.dtype == torch.float32 for t in state.tensors.values()):
+            return False
+        from lram.models.kernels import load_cpu_kernels
+
+        return load_cpu_kernels(required=mode == "fused")
 
     def _init_state(self, batch_size, device):
         out = {}

@@ -1,0 +1,56 @@
+"""Optional compiled CPU kernels for inference steps, built on first use (PyTorch C++ extension, JIT).
+
+``load_cpu_kernels()`` compiles ``mlstm_step_cpu.cpp`` once per machine (about a minute; cached by PyTorch
+under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and registers ``torch.ops.lram.*``.
+Without a C++ compiler it returns False and callers use the pure-PyTorch path, which computes the same
+function.  Set ``LRAM_CPU_KERNELS=0`` to never build them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+
+_SOURCE = Path(__file__).with_name("mlstm_step_cpu.cpp")
+_lock = threading.Lock()
+_status: dict[str, object] = {"loaded": None, "error": None}
+
+
+def load_cpu_kernels(required: bool = False) -> bool:
+    """Build (once) and load the CPU kernels; True when ``torch.ops.lram.mlstm_block_step`` is usable.
+
+    ``required=True`` raises a RuntimeError naming the cause instead of returning False."""
+    with _lock:
+        if _status["loaded"] is None:
+            _status["loaded"], _status["error"] = _build()
+            if not _status["loaded"] and not required and os.environ.get("LRAM_CPU_KERNELS", "1") != "0":
+                warnings.warn(f"lram: fused CPU step kernels unavailable, using PyTorch ops ({_status['error']})",
+                              stacklevel=3)
+    if required and not _status["loaded"]:
+        raise RuntimeError(f"step_kernel='fused' needs lram's compiled CPU kernels: {_status['error']}")
+    return bool(_status["loaded"])
+
+
+def _build() -> tuple[bool, str | None]:
+    if os.environ.get("LRAM_CPU_KERNELS", "1") == "0":
+        return False, "disabled by LRAM_CPU_KERNELS=0"
+    import torch
+
+    if hasattr(torch.ops, "lram") and hasattr(torch.ops.lram, "mlstm_block_step"):
+        return True, None
+    try:
+        from torch.utils import cpp_extension
+
+        cpp_extension.load(
+            name="lram_cpu_kernels",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as e:  # no compiler, no headers, a failed build: the PyTorch path remains
+        return False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+    return True, None
