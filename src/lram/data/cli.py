@@ -116,13 +116,17 @@ def _convert(argv: Sequence[str]) -> int:
     return 0
 
 
+# domains whose generator module has another name (a module named procgen.py would shadow the procgen package)
+GENERATOR_MODULES = {"procgen": "procgen_gen"}
+
+
 def _generate(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: lram data generate DOMAIN [options]   (DOMAIN: a module of lram.data.generators, e.g. darkroom)")
         return 0
     domain = argv[0]
     try:
-        module = importlib.import_module(f"lram.data.generators.{domain}")
+        module = importlib.import_module(f"lram.data.generators.{GENERATOR_MODULES.get(domain, domain)}")
     except ModuleNotFoundError as e:
         if e.name and e.name.startswith("lram.data.generators"):
             print(f"lram data generate: unknown domain {domain!r} (no module lram.data.generators.{domain})", file=sys.stderr)
