@@ -459,6 +459,10 @@ class RecurrentAgent:
         # compile=True: torch.compile the whole step (embedding, backbone step, head) into fused kernels,
         # which removes most of the per-op overhead that dominates a batch-1 step; costs a compilation
         self._step_fn = torch.compile(self._step_logits, dynamic=None) if compile else self._step_logits
+        if self.device.type == "cpu" and not compile:  # fused CPU step kernels (built once; PyTorch ops if unavailable)
+            from lram.models.kernels import load_cpu_kernels
+
+            load_cpu_kernels()
 
     def _step_logits(self, obs, prev_reward, rtg, prev_action_tokens, state_tensors):
         """Embedding of one token group per row, one backbone step, the action head (checks done by act)."""

@@ -48,6 +48,15 @@ M_EMPTY = -1.0e30  # stabiliser value of an empty memory (acts as -inf without i
 
 
 STEP_KERNELS = ("auto", "fused", "torch")
+# bumped whenever any module registers a parameter: invalidates the fused step's cached weight lists
+_PARAMETER_GENERATION = [0]
+
+
+def _count_parameter_registration(module, name, param):
+    _PARAMETER_GENERATION[0] += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_count_parameter_registration)
 FUSED_MAX_TOKENS = 16  # the fused step handles calls of up to this many new tokens per row
 
 
@@ -480,10 +489,6 @@ class XLSTMBlock(nn.Module):
             self.ffn = GatedFeedForward(cfg.d_model, cfg.ffn_dim)
 
     def forward(self, x: torch.Tensor, st: dict[str, torch.Tensor], chunk_size: int, kernel: Callable):
-        if kernel is FUSED_STEP and self.block_type == "mlstm":
-            return self.fused_step(x, st), st
-        if kernel is FUSED_STEP:
-            kernel = mlstm_step_inplace
         if self.block_type == "mlstm":
             y, st = self.layer(self.norm(x), st, chunk_size, kernel)
         else:
@@ -492,22 +497,6 @@ class XLSTMBlock(nn.Module):
         if self.ffn is not None:
             x = x + self.ffn(self.ffn_norm(x))
         return x, st
-
-
-    @torch.no_grad()
-    def fused_step(self, x: torch.Tensor, st: dict[str, torch.Tensor]) -> torch.Tensor:
-        """This mLSTM block (norm, layer, residual) on a few new tokens as one compiled CPU call; the same
-        function as ``forward`` with :func:`mlstm_step_inplace`, updating the state tensors in place."""
-        L = self.layer
-        return torch.ops.lram.mlstm_block_step(
-            x, self.norm.weight, L.up_proj.weight, L.conv.conv.weight, L.conv.conv.bias, L.q_proj.weight,
-            L.k_proj.weight, L.v_proj.weight, L.gates.weight, L.gates.bias, L.out_norm_weight, L.skip,
-            L.down_proj.weight, st["C"], st["n"], st["m"], st["conv"], self.layer.cfg.norm_eps, self.layer.cfg.eps,
-        )
-
-
-def FUSED_STEP(*args, **kwargs):  # noqa: N802 - a marker passed as the kernel: "use XLSTMBlock.fused_step"
-    raise RuntimeError("FUSED_STEP is a marker, not a kernel")
 
 
 # ============================================================================ the backbone
@@ -563,10 +552,45 @@ class XLSTMBackbone(Backbone):
             if torch.compiler.is_compiling():
                 kernel = mlstm_step_compilable
             elif self._fused_step_applies(x, state):
-                kernel = FUSED_STEP
+                return self._fused_step(x, state)
             else:
                 kernel = mlstm_step_inplace
         return self._run(x, state, x.shape[1], kernel, True)
+
+    def _fused_step(self, x: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
+        """The step with each mLSTM block (norm, layer, residual) as one compiled CPU call
+        (``torch.ops.lram.mlstm_block_step``: the same function as the PyTorch step, updating the state in
+        place); sLSTM blocks run their PyTorch ops."""
+        tensors = dict(state.tensors)
+        cfg = self.config
+        for block, keys, args in zip(self.blocks, self._state_keys, self._fused_arguments()):
+            if args is None:
+                x, st = block(x, {short: tensors[full] for full, short in keys}, 0, mlstm_step_inplace)
+                tensors.update({full: st[short] for full, short in keys})
+            else:
+                C, n, m, conv = (tensors[full] for full, _ in keys)  # the order of MLSTMLayer.init_state
+                x = torch.ops.lram.mlstm_block_step(x, *args, C, n, m, conv, cfg.norm_eps, cfg.eps)
+        return self.post_norm(x), RecurrentState(tensors, self.state_signature())
+
+    def _fused_arguments(self) -> list[tuple[torch.Tensor, ...] | None]:
+        """Per block, the weights the fused step reads (None for sLSTM blocks), looked up once and kept
+        until a parameter is registered anywhere (in-place updates and ``.to()`` keep the same objects)."""
+        cached = self.__dict__.get("_fused_args_cache")
+        if cached is not None and cached[0] == _PARAMETER_GENERATION[0]:
+            return cached[1]
+        args = []
+        for block in self.blocks:
+            if block.block_type != "mlstm":
+                args.append(None)
+                continue
+            L = block.layer
+            args.append((
+                block.norm.weight, L.up_proj.weight, L.conv.conv.weight, L.conv.conv.bias, L.q_proj.weight,
+                L.k_proj.weight, L.v_proj.weight, L.gates.weight, L.gates.bias, L.out_norm_weight, L.skip,
+                L.down_proj.weight,
+            ))
+        self.__dict__["_fused_args_cache"] = (_PARAMETER_GENERATION[0], args)
+        return args
 
     def _fused_step_applies(self, x: torch.Tensor, state: RecurrentState) -> bool:
         """Whether this step can run on the fused CPU kernel (float32 CPU tensors, a few tokens, no autograd)."""

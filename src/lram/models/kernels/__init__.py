@@ -1,9 +1,12 @@
 """Optional compiled CPU kernels for inference steps, built on first use (PyTorch C++ extension, JIT).
 
-``load_cpu_kernels()`` compiles ``mlstm_step_cpu.cpp`` once per machine (about a minute; cached by PyTorch
-under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and registers ``torch.ops.lram.*``.
-Without a C++ compiler it returns False and callers use the pure-PyTorch path, which computes the same
-function.  Set ``LRAM_CPU_KERNELS=0`` to never build them.
+``load_cpu_kernels()`` compiles ``mlstm_step_cpu.cpp`` once per machine (10-60 s; cached by PyTorch under
+``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and registers two ops:
+``torch.ops.lram.mlstm_block_step`` (a whole mLSTM block on a few new tokens, used by the xLSTM step) and
+``torch.ops.lram.linear_rows`` (a linear layer on a few rows that streams the weights once at near memory
+bandwidth, used by :class:`lram.models.layers.Linear` at inference once the ops are loaded).  Without a C++
+compiler it returns False and callers use PyTorch ops, which compute the same function.  Set
+``LRAM_CPU_KERNELS=0`` to never build them.
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ from pathlib import Path
 _SOURCE = Path(__file__).with_name("mlstm_step_cpu.cpp")
 _lock = threading.Lock()
 _status: dict[str, object] = {"loaded": None, "error": None}
+LOADED = False  # True once the ops are registered (a cheap check for hot paths that never trigger a build)
 
 
 def load_cpu_kernels(required: bool = False) -> bool:
     """Build (once) and load the CPU kernels; True when ``torch.ops.lram.mlstm_block_step`` is usable.
 
     ``required=True`` raises a RuntimeError naming the cause instead of returning False."""
+    global LOADED
     with _lock:
         if _status["loaded"] is None:
             _status["loaded"], _status["error"] = _build()
+            LOADED = bool(_status["loaded"])
             if not _status["loaded"] and not required and os.environ.get("LRAM_CPU_KERNELS", "1") != "0":
                 warnings.warn(f"lram: fused CPU step kernels unavailable, using PyTorch ops ({_status['error']})",
                               stacklevel=3)
