@@ -12,7 +12,7 @@ most games) and do not say whether an episode ended by the limit or not, so ever
 
 Install (kept out of pip's resolver because procgen2/gym3 declare ``numpy<2``; they run on numpy 2 through gym3)::
 
-    pip install --no-deps procgen2==0.10.7 gym3==0.3.3 gym==0.26.2 cffi==1.17.1 pycparser==2.23
+    pip install --no-deps procgen2==0.10.7 gym3==0.3.3 gym==0.26.2 cffi==1.17.1 pycparser==2.23 imageio==2.38.1
 
 Never name a local module ``procgen.py``: it shadows the package.
 """
@@ -31,7 +31,7 @@ OBS_SHAPE = (3, 64, 64)
 NUM_LEVELS = 200
 START_LEVEL = 0
 DISTRIBUTION_MODE = "easy"
-INSTALL = "pip install --no-deps procgen2==0.10.7 gym3==0.3.3 gym==0.26.2 cffi==1.17.1 pycparser==2.23"
+INSTALL = "pip install --no-deps procgen2==0.10.7 gym3==0.3.3 gym==0.26.2 cffi==1.17.1 pycparser==2.23 imageio==2.38.1"
 
 
 def require_procgen():

@@ -11,7 +11,9 @@ compiler it returns False and callers use PyTorch ops, which compute the same fu
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 import threading
 import warnings
 from pathlib import Path
@@ -50,7 +52,7 @@ def _build() -> tuple[bool, str | None]:
         from torch.utils import cpp_extension
 
         cpp_extension.load(
-            name="lram_cpu_kernels",
+            name=f"lram_cpu_kernels_{_cpu_tag()}",
             sources=[str(_SOURCE)],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
@@ -60,3 +62,15 @@ def _build() -> tuple[bool, str | None]:
     except Exception as e:  # no compiler, no headers, a failed build: the PyTorch path remains
         return False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
     return True, None
+
+
+def _cpu_tag() -> str:
+    """A short tag of this CPU's instruction sets: the build uses -march=native, so a cache directory shared
+    between different machines (a cluster home folder) keeps one build per kind of CPU."""
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags += next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags += platform.processor()
+    return hashlib.sha1(flags.encode()).hexdigest()[:8]
