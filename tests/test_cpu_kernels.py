@@ -14,22 +14,24 @@ def rel_err(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def _pair(**options):
+def _pair(kind="xlstm", **options):
     """Two backbones with the same random weights: one stepping with PyTorch ops, one with the fused kernel."""
     torch.manual_seed(0)
-    ref = build_backbone("xlstm", step_kernel="torch", **options).eval()
+    ref = build_backbone(kind, step_kernel="torch", **options).eval()
     with torch.no_grad():
         for p in ref.parameters():  # weights well away from the init (zero gate weights, unit norms) exercise every term
             p.add_(0.2 * torch.randn_like(p))
-    fused = build_backbone("xlstm", step_kernel="fused", **options).eval()
+    fused = build_backbone(kind, step_kernel="fused", **options).eval()
     fused.load_state_dict(ref.state_dict())
     return ref, fused
 
 
 CONFIGS = {
-    "[1:0] DH=64": dict(d_model=128, num_blocks=3),
-    "[7:1] DH=64": dict(d_model=128, num_blocks=3, slstm_at=[1]),
-    "DH=24 (no column strips)": dict(d_model=96, num_blocks=2, num_heads=8),
+    "xlstm[1:0] DH=64": dict(kind="xlstm", d_model=128, num_blocks=3),
+    "xlstm[7:1] DH=64": dict(kind="xlstm", d_model=128, num_blocks=3, slstm_at=[1]),
+    "xlstm DH=24 (no column strips)": dict(kind="xlstm", d_model=96, num_blocks=2, num_heads=8),
+    "mamba": dict(kind="mamba", d_model=96, num_blocks=2),
+    "mamba d_state=5 d_conv=3": dict(kind="mamba", d_model=64, num_blocks=2, d_state=5, d_conv=3, dt_rank=7),
 }
 
 
@@ -51,14 +53,15 @@ def test_fused_step_equals_pytorch_step(config, batch, tokens):
                 assert rel_err(s_fused.tensors[name], t) <= 1e-5, name
 
 
-def test_fused_kernel_is_what_a_cpu_inference_step_runs():
-    _, fused = _pair(d_model=64, num_blocks=2)
+@pytest.mark.parametrize("kind,op", [("xlstm", "lram::mlstm_block_step"), ("mamba", "lram::mamba_block_step")])
+def test_fused_kernel_is_what_a_cpu_inference_step_runs(kind, op):
+    _, fused = _pair(kind, d_model=64, num_blocks=2)
     x = torch.randn(1, 3, 64)
     state = fused.init_state(1)
     with torch.no_grad(), torch.profiler.profile() as prof:
         fused.step(x, state)
     names = {e.name for e in prof.events()}
-    assert "lram::mlstm_block_step" in names
+    assert op in names
     # with autograd on, the step stays differentiable (PyTorch ops), and gives the same result
     y_grad, _ = fused.step(x, fused.init_state(1))
     with torch.no_grad():
@@ -74,15 +77,16 @@ def test_non_contiguous_state_falls_back_to_pytorch_ops():
         s_nc = s.clone()
         name = next(n for n in s_nc.tensors if n.endswith(".C"))
         s_nc.tensors[name] = s_nc.tensors[name].transpose(-1, -2).contiguous().transpose(-1, -2)
-        assert not fused._fused_step_applies(x[:, 2:], s_nc)
+        assert not cpu_kernels.fused_step_applies("auto", x[:, 2:], s_nc, fused.post_norm.weight)
         y_ref, _ = ref.step(x[:, 2:], s.clone())
         y, _ = fused.step(x[:, 2:], s_nc)
     assert rel_err(y, y_ref) <= 1e-5
 
 
 def test_kernel_choice_errors_are_clear(monkeypatch):
-    with pytest.raises(ValueError, match="step_kernel"):
-        build_backbone("xlstm", d_model=64, num_blocks=1, step_kernel="cuda-graphs")
+    for kind in ("xlstm", "mamba"):
+        with pytest.raises(ValueError, match="step_kernel"):
+            build_backbone(kind, d_model=64, num_blocks=1, step_kernel="cuda-graphs")
     monkeypatch.setenv("LRAM_CPU_KERNELS", "0")
     assert cpu_kernels._build() == (False, "disabled by LRAM_CPU_KERNELS=0")
     monkeypatch.setitem(cpu_kernels._status, "loaded", False)

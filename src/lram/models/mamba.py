@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lram.models.backbone import Backbone
+from lram.models.kernels import STEP_KERNELS, cached_step_arguments, fused_step_applies
 from lram.models.layers import Linear
 from lram.models.state import RecurrentState
 from lram.utils.checks import check_choice, check_positive_int
@@ -81,6 +82,9 @@ class MambaConfig:
     norm_eps: float = 1e-5
     scan_chunk: int = 8  # PyTorch scan: time steps per chunk (the backward keeps one state per chunk)
     kernel: str = "auto"  # "auto" | "torch" | "mamba_ssm"
+    # inference step on the CPU: "auto" = the fused compiled kernel when it builds, else PyTorch ops;
+    # "fused" = require it; "torch" = PyTorch ops only (see lram.models.kernels)
+    step_kernel: str = "auto"
 
     def __post_init__(self):
         for name in ("d_model", "num_blocks", "d_state", "d_conv", "expand", "scan_chunk"):
@@ -90,6 +94,7 @@ class MambaConfig:
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"dt_min, dt_max: expected 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         check_choice("kernel", self.kernel, KERNELS)
+        check_choice("step_kernel", self.step_kernel, STEP_KERNELS)
 
     @property
     def d_inner(self) -> int:
@@ -418,10 +423,33 @@ class MambaBackbone(Backbone):
         return y, (RecurrentState(new, self.state_signature()) if return_state else None)
 
     def _step(self, x, state):
+        if fused_step_applies(self.config.step_kernel, x, state, self.norm_f.weight):
+            return self._fused_step(x, state)
         new = {}
         for block, (kc, kh) in zip(self.blocks, self._keys):
             x, new[kc], new[kh] = block.step(x, state[kc], state[kh])
         return self.norm_f(x), RecurrentState(new, state.signature)
+
+    def _fused_step(self, x, state):
+        """The step with each block as one compiled CPU call (``torch.ops.lram.mamba_block_step``: the same
+        function as ``MambaBlock.step``, updating the state tensors in place)."""
+        tensors = state.tensors
+        eps = self.config.norm_eps
+        for (kc, kh), args in zip(self._keys, self._fused_arguments()):
+            x = torch.ops.lram.mamba_block_step(x, *args, tensors[kc], tensors[kh], eps)
+        return self.norm_f(x), RecurrentState(dict(tensors), state.signature)
+
+    def _fused_arguments(self) -> list[tuple[torch.Tensor, ...]]:
+        """Per block, the weights the fused step reads, looked up once."""
+
+        def build():
+            return [
+                (b.norm.weight, m.in_proj.weight, m.conv1d.weight, m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight,
+                 m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight)
+                for b, m in ((b, b.mixer) for b in self.blocks)
+            ]
+
+        return cached_step_arguments(self, build)
 
     def _init_state(self, batch_size, device):
         cfg = self.config

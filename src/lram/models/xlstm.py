@@ -41,23 +41,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lram.models.backbone import Backbone
+from lram.models.kernels import STEP_KERNELS, cached_step_arguments, fused_step_applies
 from lram.models.layers import Linear
 from lram.models.state import RecurrentState
 
 M_EMPTY = -1.0e30  # stabiliser value of an empty memory (acts as -inf without inf arithmetic)
 
 
-STEP_KERNELS = ("auto", "fused", "torch")
-# bumped whenever any module registers a parameter: invalidates the fused step's cached weight lists
-_PARAMETER_GENERATION = [0]
 
-
-def _count_parameter_registration(module, name, param):
-    _PARAMETER_GENERATION[0] += 1
-
-
-nn.modules.module.register_module_parameter_registration_hook(_count_parameter_registration)
-FUSED_MAX_TOKENS = 16  # the fused step handles calls of up to this many new tokens per row
 
 
 def round_up(x: float, multiple: int = 64) -> int:
@@ -551,7 +542,7 @@ class XLSTMBackbone(Backbone):
         if kernel in (mlstm_chunkwise, mlstm_recurrent) and not torch.is_grad_enabled():
             if torch.compiler.is_compiling():
                 kernel = mlstm_step_compilable
-            elif self._fused_step_applies(x, state):
+            elif fused_step_applies(self.config.step_kernel, x, state, self.post_norm.weight):
                 return self._fused_step(x, state)
             else:
                 kernel = mlstm_step_inplace
@@ -573,37 +564,20 @@ class XLSTMBackbone(Backbone):
         return self.post_norm(x), RecurrentState(tensors, self.state_signature())
 
     def _fused_arguments(self) -> list[tuple[torch.Tensor, ...] | None]:
-        """Per block, the weights the fused step reads (None for sLSTM blocks), looked up once and kept
-        until a parameter is registered anywhere (in-place updates and ``.to()`` keep the same objects)."""
-        cached = self.__dict__.get("_fused_args_cache")
-        if cached is not None and cached[0] == _PARAMETER_GENERATION[0]:
-            return cached[1]
-        args = []
-        for block in self.blocks:
-            if block.block_type != "mlstm":
-                args.append(None)
-                continue
-            L = block.layer
-            args.append((
-                block.norm.weight, L.up_proj.weight, L.conv.conv.weight, L.conv.conv.bias, L.q_proj.weight,
-                L.k_proj.weight, L.v_proj.weight, L.gates.weight, L.gates.bias, L.out_norm_weight, L.skip,
-                L.down_proj.weight,
-            ))
-        self.__dict__["_fused_args_cache"] = (_PARAMETER_GENERATION[0], args)
-        return args
+        """Per block, the weights the fused step reads (None for sLSTM blocks), looked up once."""
 
-    def _fused_step_applies(self, x: torch.Tensor, state: RecurrentState) -> bool:
-        """Whether this step can run on the fused CPU kernel (float32 CPU tensors, a few tokens, no autograd)."""
-        mode = self.config.step_kernel
-        if mode == "torch" or x.device.type != "cpu" or x.shape[1] > FUSED_MAX_TOKENS:
-            return False
-        if x.dtype != torch.float32 or self.post_norm.weight.dtype != torch.float32:
-            return False
-        if not all(t.is_contiguous() and t.dtype == torch.float32 for t in state.tensors.values()):
-            return False
-        from lram.models.kernels import load_cpu_kernels
+        def build():
+            args = []
+            for block in self.blocks:
+                L = block.layer
+                args.append(None if block.block_type != "mlstm" else (
+                    block.norm.weight, L.up_proj.weight, L.conv.conv.weight, L.conv.conv.bias, L.q_proj.weight,
+                    L.k_proj.weight, L.v_proj.weight, L.gates.weight, L.gates.bias, L.out_norm_weight, L.skip,
+                    L.down_proj.weight,
+                ))
+            return args
 
-        return load_cpu_kernels(required=mode == "fused")
+        return cached_step_arguments(self, build)
 
     def _init_state(self, batch_size, device):
         out = {}

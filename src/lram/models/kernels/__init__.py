@@ -18,7 +18,11 @@ import threading
 import warnings
 from pathlib import Path
 
+from torch import nn
+
 _SOURCE = Path(__file__).with_name("mlstm_step_cpu.cpp")
+STEP_KERNELS = ("auto", "fused", "torch")  # a backbone's step_kernel setting
+FUSED_MAX_TOKENS = 16  # the fused steps handle calls of up to this many new tokens per row
 _lock = threading.Lock()
 _status: dict[str, object] = {"loaded": None, "error": None}
 LOADED = False  # True once the ops are registered (a cheap check for hot paths that never trigger a build)
@@ -74,3 +78,44 @@ def _cpu_tag() -> str:
     except OSError:
         flags += platform.processor()
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
+
+
+def fused_step_applies(mode: str, x, state, param) -> bool:
+    """Whether a backbone step on ``x`` can run on the fused CPU kernels: ``mode`` (the backbone's
+    ``step_kernel``) allows it, CPU float32 tensors (``param``: a weight of the model), at most
+    ``FUSED_MAX_TOKENS`` new tokens, contiguous float32 state tensors, no autograd, not inside
+    ``torch.compile``; and the kernels load (``mode="fused"``: or raise)."""
+    import torch
+
+    if mode == "torch" or x.device.type != "cpu" or x.shape[1] > FUSED_MAX_TOKENS:
+        return False
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    if x.dtype != torch.float32 or param.dtype != torch.float32:
+        return False
+    if not all(t.is_contiguous() and t.dtype == torch.float32 for t in state.tensors.values()):
+        return False
+    return load_cpu_kernels(required=mode == "fused")
+
+
+# bumped whenever any module registers a parameter anywhere: invalidates cached weight lists (in-place
+# updates, load_state_dict and .to() keep the same Parameter objects, so they need no invalidation)
+_PARAMETER_GENERATION = [0]
+
+
+def _count_parameter_registration(module, name, param):
+    _PARAMETER_GENERATION[0] += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_count_parameter_registration)
+
+
+def cached_step_arguments(owner: nn.Module, build):
+    """``build()`` (the weights a fused step passes to its op), cached on ``owner`` until a parameter is
+    registered anywhere: saves ~100 module attribute look-ups per step."""
+    cached = owner.__dict__.get("_fused_args_cache")
+    if cached is not None and cached[0] == _PARAMETER_GENERATION[0]:
+        return cached[1]
+    args = build()
+    owner.__dict__["_fused_args_cache"] = (_PARAMETER_GENERATION[0], args)
+    return args

@@ -164,6 +164,42 @@ void c_pass(int64_t L, int64_t DH, float* C, const float* qi, const float* kw, c
   }
 }
 
+// SiLU(causal depthwise conv) of L new rows per batch row (src: [B*L rows, stride src_stride], the first C
+// channels), continuing from conv_state [B, K-1, C], which is replaced by the last K-1 inputs (in place).
+at::Tensor causal_conv_silu(const float* src, int64_t src_stride, int64_t B, int64_t L, const at::Tensor& conv_w_in,
+                            const at::Tensor& conv_b, at::Tensor& conv_state) {
+  const int64_t C = conv_state.size(2), H = conv_state.size(1), K = H + 1;
+  TORCH_CHECK(conv_w_in.numel() == C * K && conv_b.numel() == C, "lram: conv weight/bias do not match the conv state");
+  at::Tensor out = at::empty({B * L, C}, conv_state.options());
+  const at::Tensor cw_in = conv_w_in.contiguous();  // [C, 1, K]
+  const float* cw_src = cw_in.data_ptr<float>();
+  std::vector<float> cw(K * C);  // [K, C]: taps major, so that the loop over channels is contiguous
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t j = 0; j < K; ++j) cw[j * C + c] = cw_src[c * K + j];
+  const float* cb = conv_b.data_ptr<float>();
+  float* cs = conv_state.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  std::vector<const float*> rows(H + L);
+  std::vector<float> new_state(H * C);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t u = 0; u < H; ++u) rows[u] = cs + (b * H + u) * C;
+    for (int64_t t = 0; t < L; ++t) rows[H + t] = src + (b * L + t) * src_stride;
+    for (int64_t t = 0; t < L; ++t) {
+      float* o = op + (b * L + t) * C;
+      for (int64_t c = 0; c < C; ++c) o[c] = cb[c];
+      for (int64_t j = 0; j < K; ++j) {
+        const float* x = rows[t + j];
+        const float* wj = cw.data() + j * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] += x[c] * wj[c];
+      }
+    }
+    for (int64_t u = 0; u < H; ++u) std::copy(rows[L + u], rows[L + u] + C, new_state.begin() + u * C);
+    std::copy(new_state.begin(), new_state.end(), cs + b * H * C);
+  }
+  return at::silu_(out);
+}
+
 void check(bool ok, const char* what) { TORCH_CHECK(ok, "lram::mlstm_block_step: ", what); }
 
 at::Tensor mlstm_block_step(const at::Tensor& x_in, const at::Tensor& norm_w, const at::Tensor& up_w,
@@ -194,36 +230,7 @@ at::Tensor mlstm_block_step(const at::Tensor& x_in, const at::Tensor& norm_w, co
   const at::Tensor up = linear_rows(xn, up_w);  // [R, 2I]
   const float* upp = up.data_ptr<float>();
   // 3. causal depthwise conv over [conv_state ; x_m] + SiLU, and the new conv_state
-  at::Tensor xconv = at::empty({R, I}, x.options());
-  {
-    const at::Tensor cw_in = conv_w_in.contiguous();  // [I, 1, K]
-    const float* cw_src = cw_in.data_ptr<float>();
-    std::vector<float> cw(K * I);  // [K, I]: taps major, so that the loop over channels is contiguous
-    for (int64_t c = 0; c < I; ++c)
-      for (int64_t j = 0; j < K; ++j) cw[j * I + c] = cw_src[c * K + j];
-    const float* cwp = cw.data();
-    const float* cb = conv_b.data_ptr<float>();
-    float* cs = conv_state.data_ptr<float>();
-    float* xcp = xconv.data_ptr<float>();
-    std::vector<const float*> rows(H + L);
-    std::vector<float> new_state(H * I);
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t u = 0; u < H; ++u) rows[u] = cs + (b * H + u) * I;
-      for (int64_t t = 0; t < L; ++t) rows[H + t] = upp + (b * L + t) * 2 * I;
-      for (int64_t t = 0; t < L; ++t) {
-        float* o = xcp + (b * L + t) * I;
-        for (int64_t c = 0; c < I; ++c) o[c] = cb[c];
-        for (int64_t j = 0; j < K; ++j) {
-          const float* src = rows[t + j];
-          const float* wj = cwp + j * I;
-          for (int64_t c = 0; c < I; ++c) o[c] += src[c] * wj[c];
-        }
-      }
-      for (int64_t u = 0; u < H; ++u) std::copy(rows[L + u], rows[L + u] + I, new_state.begin() + u * I);
-      std::copy(new_state.begin(), new_state.end(), cs + b * H * I);
-    }
-    at::silu_(xconv);
-  }
+  const at::Tensor xconv = causal_conv_silu(upp, 2 * I, B, L, conv_w_in, conv_b, conv_state);
   // 4. q, k from the conv branch, v from x_m (block-diagonal); gates from [q, k, v]
   at::Tensor qkv = at::empty({R, 3 * I}, x.options());
   float* qkvp = qkv.data_ptr<float>();
@@ -341,6 +348,77 @@ at::Tensor mlstm_block_step(const at::Tensor& x_in, const at::Tensor& norm_w, co
   return (y.view({B, L, D}) + x);
 }
 
+// One Mamba-1 block (RMSNorm, mixer, residual) on a few new tokens: the same function as
+// lram.models.mamba.MambaBlock.step, with conv_state [B, K-1, E] and h [B, E, N] updated in place.
+at::Tensor mamba_block_step(const at::Tensor& x_in, const at::Tensor& norm_w, const at::Tensor& in_w,
+                            const at::Tensor& conv_w, const at::Tensor& conv_b, const at::Tensor& xproj_w,
+                            const at::Tensor& dt_w, const at::Tensor& dt_b, const at::Tensor& A_log,
+                            const at::Tensor& D_skip, const at::Tensor& out_w, at::Tensor& conv_state, at::Tensor& h,
+                            double norm_eps) {
+  TORCH_CHECK(x_in.dim() == 3 && x_in.scalar_type() == at::kFloat, "lram::mamba_block_step: x must be float32 [B, L, D]");
+  TORCH_CHECK(conv_state.is_contiguous() && h.is_contiguous(), "lram::mamba_block_step: state tensors must be contiguous");
+  const int64_t B = x_in.size(0), L = x_in.size(1), Dm = x_in.size(2);
+  const int64_t E = out_w.size(1), N = A_log.size(1), Rdt = dt_w.size(1), R = B * L;
+  TORCH_CHECK(in_w.size(0) == 2 * E && h.size(1) == E && h.size(2) == N && xproj_w.size(0) == Rdt + 2 * N,
+              "lram::mamba_block_step: inconsistent shapes");
+  const at::Tensor x = x_in.contiguous();
+  const float* xp = x.data_ptr<float>();
+  // RMSNorm
+  at::Tensor xn = at::empty({R, Dm}, x.options());
+  {
+    const float* w = norm_w.data_ptr<float>();
+    float* o = xn.data_ptr<float>();
+    for (int64_t r = 0; r < R; ++r) {
+      const float* xr = xp + r * Dm;
+      double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+      for (int64_t j = 0; j < Dm; ++j) ss += static_cast<double>(xr[j]) * xr[j];
+      const float rs = static_cast<float>(1.0 / std::sqrt(ss / Dm + norm_eps));
+      for (int64_t j = 0; j < Dm; ++j) o[r * Dm + j] = xr[j] * rs * w[j];
+    }
+  }
+  const at::Tensor xz = linear_rows(xn, in_w);  // [R, 2E]: x | z
+  const float* xzp = xz.data_ptr<float>();
+  const at::Tensor xc = causal_conv_silu(xzp, 2 * E, B, L, conv_w, conv_b, conv_state);  // [R, E]
+  const at::Tensor dbc = linear_rows(xc, xproj_w);  // [R, Rdt + 2N]: dt | B | C
+  const at::Tensor delta = at::softplus(linear_rows(dbc.narrow(1, 0, Rdt), dt_w).add_(dt_b));  // [R, E]
+  const at::Tensor A = at::exp(A_log.to(at::kFloat)).neg_();  // [E, N]
+  const at::Tensor dA = at::exp(delta.unsqueeze(-1) * A);  // [R, E, N]
+  const at::Tensor gate = at::silu(xz.narrow(1, E, E));  // [R, E]
+  at::Tensor y = at::empty({R, E}, x.options());
+  const float* dbcp = dbc.data_ptr<float>();
+  const float* dp = delta.data_ptr<float>();
+  const float* dAp = dA.data_ptr<float>();
+  const float* gp = gate.data_ptr<float>();
+  const float* xcp = xc.data_ptr<float>();
+  const float* Dp = D_skip.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  float* hp = h.data_ptr<float>();
+  const int64_t dstride = Rdt + 2 * N;
+  at::parallel_for(0, E, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t r = b * L + t;
+        const float* Bm = dbcp + r * dstride + Rdt;
+        const float* Cm = Bm + N;
+        for (int64_t e = begin; e < end; ++e) {
+          float* he = hp + (b * E + e) * N;
+          const float* dAe = dAp + (r * E + e) * N;
+          const float dx = dp[r * E + e] * xcp[r * E + e];
+          float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t n = 0; n < N; ++n) {
+            const float hn = dAe[n] * he[n] + dx * Bm[n];
+            he[n] = hn;
+            acc += Cm[n] * hn;
+          }
+          yp[r * E + e] = (acc + Dp[e] * xcp[r * E + e]) * gp[r * E + e];
+        }
+      }
+  });
+  return linear_rows(y, out_w).view({B, L, Dm}) + x;
+}
+
 // The few-rows linear layer as an op (y = x W^T + b), for the other projections of an inference step.
 at::Tensor few_rows_linear_op(const at::Tensor& x, const at::Tensor& W, const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && W.scalar_type() == at::kFloat && W.dim() == 2 && x.size(-1) == W.size(1),
@@ -357,6 +435,10 @@ at::Tensor few_rows_linear_op(const at::Tensor& x, const at::Tensor& W, const st
 TORCH_LIBRARY(lram, m) {
   m.def("linear_rows(Tensor x, Tensor W, Tensor? bias) -> Tensor");
   m.def(
+      "mamba_block_step(Tensor x, Tensor norm_w, Tensor in_w, Tensor conv_w, Tensor conv_b, Tensor xproj_w, "
+      "Tensor dt_w, Tensor dt_b, Tensor A_log, Tensor D, Tensor out_w, Tensor(a!) conv_state, Tensor(b!) h, "
+      "float norm_eps) -> Tensor");
+  m.def(
       "mlstm_block_step(Tensor x, Tensor norm_w, Tensor up_w, Tensor conv_w, Tensor conv_b, Tensor q_w, "
       "Tensor k_w, Tensor v_w, Tensor gate_w, Tensor gate_b, Tensor out_norm_w, Tensor skip, Tensor down_w, "
       "Tensor(a!) C, Tensor(b!) n, Tensor(c!) m, Tensor(d!) conv_state, float norm_eps, float eps) -> Tensor");
@@ -365,4 +447,5 @@ TORCH_LIBRARY(lram, m) {
 TORCH_LIBRARY_IMPL(lram, CPU, m) {
   m.impl("mlstm_block_step", &mlstm_block_step);
   m.impl("linear_rows", &few_rows_linear_op);
+  m.impl("mamba_block_step", &mamba_block_step);
 }
