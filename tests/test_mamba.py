@@ -272,7 +272,8 @@ def ref_selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_kernel_path_wiring_matches_torch_path(monkeypatch, autocast):
     torch.manual_seed(0)
-    bb = build_backbone("mamba", d_model=32, num_blocks=2).eval()
+    # step_kernel="torch": the CUDA kernels' wiring is under test, not the fused CPU step
+    bb = build_backbone("mamba", d_model=32, num_blocks=2, step_kernel="torch").eval()
     _perturb(bb)
     x = torch.randn(2, 30, 32)
     x_next = torch.randn(2, 3, 32)

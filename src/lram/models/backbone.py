@@ -41,7 +41,11 @@ class Backbone(nn.Module):
         return self._forward(x, state, return_state)
 
     def step(self, x: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
-        """Recurrent (inference) mode on ``k >= 1`` new tokens ``x: [B, k, D]``; returns the new state."""
+        """Recurrent (inference) mode on ``k >= 1`` new tokens ``x: [B, k, D]``; returns the new state.
+
+        Without autograd, recurrent backbones update the tensors of ``state`` in place (copying megabytes
+        of memory per step would cost more than the step) and return them: continue from the returned
+        state, and pass ``state.clone()`` to keep the old one (e.g. to branch)."""
         self._check_x(x, "x")
         if state is None:
             raise ValueError("state: step() needs a state; create one with init_state(batch_size)")
