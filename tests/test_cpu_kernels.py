@@ -111,3 +111,14 @@ def test_few_rows_linear_equals_f_linear(rows, bias):
     assert y3.shape == (1, rows, 517) and rel_err(y3.reshape(rows, 517).double(), ref) <= 1e-6
     y_grad = layer(x)  # with autograd: the differentiable PyTorch path, same numbers
     assert y_grad.requires_grad and rel_err(y_grad.detach().double(), ref) <= 1e-6
+
+
+def test_fused_op_refuses_mismatched_arguments():
+    """The ops index raw memory: a weight of the wrong shape is an error naming it, never a wrong read."""
+    _, fused = _pair("xlstm", d_model=64, num_blocks=1)
+    x = torch.randn(1, 2, 64)
+    st = fused.init_state(1).tensors
+    args = list(fused._fused_arguments()[0])
+    args[1] = args[1][:, :32]  # up_w cut in half (and not contiguous)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="up_w must be a contiguous float32 tensor of shape"):
+        torch.ops.lram.mlstm_block_step(x, *args, *(st[f"blocks.0.{k}"] for k in ("C", "n", "m", "conv")), 1e-5, 1e-6)

@@ -202,6 +202,13 @@ at::Tensor causal_conv_silu(const float* src, int64_t src_stride, int64_t B, int
 
 void check(bool ok, const char* what) { TORCH_CHECK(ok, "lram::mlstm_block_step: ", what); }
 
+// A weight or state argument: contiguous float32 with exactly these sizes (the kernels index raw memory).
+void expect(const char* op, const char* name, const at::Tensor& t, std::initializer_list<int64_t> sizes) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.sizes().equals(sizes), "lram::", op, ": ",
+              name, " must be a contiguous float32 tensor of shape ", at::IntArrayRef(sizes), ", got ",
+              t.scalar_type(), " ", t.sizes(), t.is_contiguous() ? "" : " (not contiguous)");
+}
+
 at::Tensor mlstm_block_step(const at::Tensor& x_in, const at::Tensor& norm_w, const at::Tensor& up_w,
                             const at::Tensor& conv_w_in, const at::Tensor& conv_b, const at::Tensor& q_w,
                             const at::Tensor& k_w, const at::Tensor& v_w, const at::Tensor& gate_w,
@@ -209,13 +216,26 @@ at::Tensor mlstm_block_step(const at::Tensor& x_in, const at::Tensor& norm_w, co
                             const at::Tensor& down_w, at::Tensor& C, at::Tensor& n, at::Tensor& m,
                             at::Tensor& conv_state, double norm_eps_d, double eps_d) {
   check(x_in.dim() == 3 && x_in.scalar_type() == at::kFloat, "x must be float32 [B, L, D]");
-  check(C.is_contiguous() && n.is_contiguous() && m.is_contiguous() && conv_state.is_contiguous(),
-        "state tensors must be contiguous");
   const int64_t B = x_in.size(0), L = x_in.size(1), D = x_in.size(2);
   const int64_t I = down_w.size(1), NH = C.size(1), DH = C.size(2), K = conv_w_in.size(-1), bs = q_w.size(1);
   const int64_t R = B * L, H = K - 1;
   const float norm_eps = static_cast<float>(norm_eps_d), eps = static_cast<float>(eps_d);
-  check(NH * DH == I && up_w.size(0) == 2 * I && conv_state.size(1) == H, "inconsistent shapes");
+  check(NH * DH == I && I % bs == 0, "inconsistent shapes");
+  const char* op = "mlstm_block_step";
+  expect(op, "norm_w", norm_w, {D});
+  expect(op, "up_w", up_w, {2 * I, D});
+  expect(op, "conv_w", conv_w_in, {I, 1, K});
+  expect(op, "conv_b", conv_b, {I});
+  for (const at::Tensor* w : {&q_w, &k_w, &v_w}) expect(op, "q_w/k_w/v_w", *w, {I / bs, bs, bs});
+  expect(op, "gate_w", gate_w, {2 * NH, 3 * I});
+  expect(op, "gate_b", gate_b, {2 * NH});
+  expect(op, "out_norm_w", out_norm_w, {I});
+  expect(op, "skip", skip, {I});
+  expect(op, "down_w", down_w, {D, I});
+  expect(op, "C", C, {B, NH, DH, DH});
+  expect(op, "n", n, {B, NH, DH});
+  expect(op, "m", m, {B, NH});
+  expect(op, "conv_state", conv_state, {B, H, I});
 
   const at::Tensor x = x_in.contiguous();
   const float* xp = x.data_ptr<float>();
@@ -356,11 +376,22 @@ at::Tensor mamba_block_step(const at::Tensor& x_in, const at::Tensor& norm_w, co
                             const at::Tensor& D_skip, const at::Tensor& out_w, at::Tensor& conv_state, at::Tensor& h,
                             double norm_eps) {
   TORCH_CHECK(x_in.dim() == 3 && x_in.scalar_type() == at::kFloat, "lram::mamba_block_step: x must be float32 [B, L, D]");
-  TORCH_CHECK(conv_state.is_contiguous() && h.is_contiguous(), "lram::mamba_block_step: state tensors must be contiguous");
   const int64_t B = x_in.size(0), L = x_in.size(1), Dm = x_in.size(2);
   const int64_t E = out_w.size(1), N = A_log.size(1), Rdt = dt_w.size(1), R = B * L;
-  TORCH_CHECK(in_w.size(0) == 2 * E && h.size(1) == E && h.size(2) == N && xproj_w.size(0) == Rdt + 2 * N,
-              "lram::mamba_block_step: inconsistent shapes");
+  const int64_t K = conv_w.size(-1);
+  const char* op = "mamba_block_step";
+  expect(op, "norm_w", norm_w, {Dm});
+  expect(op, "in_w", in_w, {2 * E, Dm});
+  expect(op, "conv_w", conv_w, {E, 1, K});
+  expect(op, "conv_b", conv_b, {E});
+  expect(op, "xproj_w", xproj_w, {Rdt + 2 * N, E});
+  expect(op, "dt_w", dt_w, {E, Rdt});
+  expect(op, "dt_b", dt_b, {E});
+  expect(op, "A_log", A_log, {E, N});
+  expect(op, "D", D_skip, {E});
+  expect(op, "out_w", out_w, {Dm, E});
+  expect(op, "conv_state", conv_state, {B, K - 1, E});
+  expect(op, "h", h, {B, E, N});
   const at::Tensor x = x_in.contiguous();
   const float* xp = x.data_ptr<float>();
   // RMSNorm
@@ -382,7 +413,7 @@ at::Tensor mamba_block_step(const at::Tensor& x_in, const at::Tensor& norm_w, co
   const at::Tensor xc = causal_conv_silu(xzp, 2 * E, B, L, conv_w, conv_b, conv_state);  // [R, E]
   const at::Tensor dbc = linear_rows(xc, xproj_w);  // [R, Rdt + 2N]: dt | B | C
   const at::Tensor delta = at::softplus(linear_rows(dbc.narrow(1, 0, Rdt), dt_w).add_(dt_b));  // [R, E]
-  const at::Tensor A = at::exp(A_log.to(at::kFloat)).neg_();  // [E, N]
+  const at::Tensor A = at::exp(A_log).neg_();  // [E, N]
   const at::Tensor dA = at::exp(delta.unsqueeze(-1) * A);  // [R, E, N]
   const at::Tensor gate = at::silu(xz.narrow(1, E, E));  // [R, E]
   at::Tensor y = at::empty({R, E}, x.options());
