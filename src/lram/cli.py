@@ -33,6 +33,12 @@ def _models(argv: Sequence[str]) -> int:
     return 0
 
 
+def _eval(argv: Sequence[str]) -> int:
+    from lram.evaluation.evaluate import main
+
+    return main(argv)
+
+
 def _train(argv: Sequence[str]) -> int:
     from lram.training.cli import main
 
@@ -41,6 +47,7 @@ def _train(argv: Sequence[str]) -> int:
 
 COMMANDS = {
     "train": (_train, "train a policy from a YAML config (torchrun for DDP), or --resume a run"),
+    "eval": (_eval, "evaluate a checkpoint online in its tasks' environments (returns, success, normalised scores)"),
     "bench": (_bench, "latency per environment step vs context length and the memory-bound floor"),
     "models": (_models, "size presets and parameter counts beside the paper's"),
     "data": (_data, "trajectory data: info, check, convert (paper and packed layouts), generate"),

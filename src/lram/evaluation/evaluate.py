@@ -1,0 +1,151 @@
+"""Evaluate a checkpoint online in every task its domain registry lists (``lram eval RUN``).
+
+Per task: ``episodes`` episodes (spec 5.1: 5), returns, lengths and success rates; optionally a
+random-policy baseline in the same environments (same reset seeds), and then a **data-normalised score**
+``(R - R_random) / (R_target - R_random)`` where ``R_target`` is the target return the policy was
+conditioned on (by default the best return of the task in the training data).  This follows the paper's
+D4RL-style convention (spec 5.2) with references measured here instead of the paper's tables, which are
+not available (and Atari's human-normalised score needs DQN-Zoo's human scores, not shipped).
+Aggregation: the mean over a domain's tasks, then the mean over domains.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lram.evaluation.envs import ENV_BUILDERS, make_eval_env
+from lram.evaluation.rollout import ActingSpec, EpisodeResult, evaluate_task, summarize
+from lram.utils.io import write_json_atomic
+
+
+def random_policy_returns(domain: str, task: str, episodes: int, seed: int = 0,
+                          max_steps: int | None = None) -> list[EpisodeResult]:
+    """Episodes of a uniform random policy (action space samples seeded per episode), same reset seeds."""
+    env = make_eval_env(domain, task, seed)
+    out = []
+    try:
+        for i in range(episodes):
+            env.reset(seed=seed + i)
+            env.action_space.seed(seed + i)
+            ret, t, success, done = 0.0, 0, None, False
+            while not done:
+                _, r, terminated, truncated, info = env.step(env.action_space.sample())
+                ret += float(r)
+                t += 1
+                if "success" in info:
+                    success = bool(success) or bool(info["success"])
+                done = terminated or truncated or (max_steps is not None and t >= max_steps)
+            out.append(EpisodeResult(i, ret, t, success))
+    finally:
+        env.close()
+    return out
+
+
+def normalised_score(value: float, low: float, high: float) -> float | None:
+    """``(value - low) / (high - low)``; None when the references coincide."""
+    return None if math.isclose(high, low) else (value - low) / (high - low)
+
+
+def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+                        episodes: int = 5, num_envs: int = 5, seed: int = 0, target_return: float | None = None,
+                        random_baseline: bool = False, max_steps: int | None = None, device: str = "cpu",
+                        out: str | Path | None = None, progress: bool = True) -> dict:
+    """Evaluate the checkpoint at ``path`` (a run or checkpoint folder); returns (and writes to ``out``) a
+    report: per task the episodes and their summary, per domain and overall the mean normalised score."""
+    from lram.training.checkpoint import load_policy
+
+    policy, meta = load_policy(path, device)
+    registry = {d["name"]: d for d in meta["domains"]}
+    if not registry:
+        raise ValueError(f"{path}: the checkpoint has no domain registry (policy.json 'domains'), nothing to evaluate")
+    chosen = list(domains) if domains else [d for d in registry if d in ENV_BUILDERS]
+    for d in chosen:
+        if d not in registry:
+            raise ValueError(f"domains: {d!r} is not in the checkpoint (it has {', '.join(registry)})")
+        if d not in ENV_BUILDERS:
+            raise ValueError(f"domains: no evaluation environment for {d!r}; known: {', '.join(ENV_BUILDERS)}")
+    report: dict = {"checkpoint": meta["path"], "step": meta["step"], "episodes": episodes, "seed": seed,
+                    "domains": {}}
+    for d in chosen:
+        entry = registry[d]
+        spec = ActingSpec.from_registry(entry)
+        names = [t for t in entry["tasks"] if not tasks or t in tasks]
+        dom: dict = {"tasks": {}}
+        for task in names:
+            target = float(target_return if target_return is not None else entry["max_returns"][task])
+            t0 = time.perf_counter()
+            results = evaluate_task(policy, lambda i, d=d, task=task: make_eval_env(d, task, seed + i), spec,
+                                    episodes=episodes, target_return=target, num_envs=num_envs, seed=seed,
+                                    max_steps=max_steps, progress=progress, desc=f"{d}/{task}")
+            row = {"target_return": target, **summarize(results), "seconds": time.perf_counter() - t0,
+                   "episodes_detail": [r.to_dict() for r in results]}
+            if random_baseline:
+                rand = summarize(random_policy_returns(d, task, episodes, seed, max_steps))
+                row["random_return_mean"] = rand["return_mean"]
+                row["normalised_score"] = normalised_score(row["return_mean"], rand["return_mean"], target)
+            dom["tasks"][task] = row
+        scores = [r["normalised_score"] for r in dom["tasks"].values() if r.get("normalised_score") is not None]
+        dom["normalised_score"] = float(np.mean(scores)) if scores else None
+        succ = [r["success_rate"] for r in dom["tasks"].values() if r["success_rate"] is not None]
+        dom["success_rate"] = float(np.mean(succ)) if succ else None
+        report["domains"][d] = dom
+    means = [v["normalised_score"] for v in report["domains"].values() if v["normalised_score"] is not None]
+    report["normalised_score"] = float(np.mean(means)) if means else None
+    if out is not None:
+        write_json_atomic(out, report)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A plain-text table: per task mean return (target), success rate and normalised score."""
+    lines = [f"{'domain/task':<36}{'return':>10}{'target':>10}{'random':>10}{'success':>9}{'score':>8}"]
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    for d, dom in report["domains"].items():
+        for task, r in dom["tasks"].items():
+            lines.append(f"{d + '/' + task:<36}{r['return_mean']:>10.2f}{r['target_return']:>10.2f}"
+                         f"{fmt(r.get('random_return_mean'), '.2f'):>10}{fmt(r['success_rate'], '.2f'):>9}"
+                         f"{fmt(r.get('normalised_score'), '.2f'):>8}")
+        lines.append(f"{d + ' (mean over tasks)':<36}{'':>39}{fmt(dom['success_rate'], '.2f'):>9}"
+                     f"{fmt(dom['normalised_score'], '.2f'):>8}")
+    lines.append(f"overall normalised score (mean over domains): {fmt(report['normalised_score'], '.3f')}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="lram eval", description="Evaluate a checkpoint online in its tasks' environments.")
+    p.add_argument("run", type=Path, help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--domains", default="", help="comma-separated domains (default: every domain with an environment)")
+    p.add_argument("--tasks", default="", help="comma-separated task folder names (default: all of the domains')")
+    p.add_argument("--episodes", type=int, default=5, help="episodes per task (default: 5, as the paper)")
+    p.add_argument("--envs", type=int, default=5, help="environments stepped together per task (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="episode i resets its environment with seed + i")
+    p.add_argument("--target-return", type=float, default=None, help="default: the task's best return in the data")
+    p.add_argument("--random-baseline", action="store_true", help="also run a random policy and report normalised scores")
+    p.add_argument("--max-steps", type=int, default=None, help="cut episodes after this many steps")
+    p.add_argument("--out", type=Path, default=None, help="JSON report (default: RUN/eval/step-<N>.json)")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    try:
+        from lram.training.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(a.run)
+        out = a.out
+        if out is None and ckpt is not None:
+            out = (a.run if a.run != ckpt else ckpt.parent.parent) / "eval" / f"{ckpt.name}.json"
+        report = evaluate_checkpoint(a.run, domains=split(a.domains), tasks=split(a.tasks), episodes=a.episodes,
+                                     num_envs=a.envs, seed=a.seed, target_return=a.target_return,
+                                     random_baseline=a.random_baseline, max_steps=a.max_steps, out=out,
+                                     progress=not a.quiet)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        p.exit(2, f"lram eval: error: {e}\n")
+    print(format_report(report))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,124 @@
+"""Online evaluation: the batched rollout loop equals a plain one-environment loop, checkpoints evaluate from
+the command line, and every domain's evaluation environment gives observations shaped like its data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lram.envs.darkroom import DarkRoom
+from lram.evaluation import ActingSpec, evaluate_task, make_eval_env, random_policy_returns
+from lram.evaluation.evaluate import main as eval_main
+from lram.evaluation.evaluate import normalised_score
+from lram.models import LRAMPolicy
+from lram.training.checkpoint import save_checkpoint
+
+GOAL = (6, 3)
+
+
+def tiny_policy(seed=0, backbone="xlstm[1:0]"):
+    torch.manual_seed(seed)
+    policy = LRAMPolicy.from_preset("tiny", backbone, use_images=False).eval()
+    with torch.no_grad():  # weights far from the init, so that actions vary with the inputs
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return policy
+
+
+def reference_returns(policy, spec, episodes, num_envs, target, seed):
+    """The protocol written out plainly: one environment and a batch-1 agent per slot, episodes of a slot in
+    sequence (Dark-Room episodes all last 100 steps, so slot k plays episodes k, k + n, k + 2n, ...)."""
+    out = {}
+    for slot in range(num_envs):
+        agent = policy.make_agent(1, discrete=True, num_actions=spec.num_actions, reward_scale=spec.reward_scale)
+        env = DarkRoom(goal=GOAL)
+        for ep in range(slot, episodes, num_envs):
+            obs, _ = env.reset(seed=seed + ep)
+            rtg, prev, total, actions = target, 0.0, 0.0, []
+            done = False
+            while not done:
+                with torch.inference_mode():
+                    a = agent.act(torch.tensor(obs)[None], torch.tensor([prev]), torch.tensor([rtg]))
+                actions.append(int(a))
+                obs, r, term, trunc, _ = env.step(int(a))
+                total, rtg, prev, done = total + r, rtg - r, r, term or trunc
+            out[ep] = total
+            agent.reset(keep_context=spec.in_context)
+    return out
+
+
+@pytest.mark.parametrize("in_context", [False, True], ids=["fresh-state", "in-context"])
+def test_batched_rollout_equals_plain_loop(in_context):
+    policy = tiny_policy()
+    spec = ActingSpec(discrete=True, reward_scale=1.0, num_actions=5, in_context=in_context)
+    results = evaluate_task(policy, lambda i: DarkRoom(goal=GOAL), spec, episodes=5, target_return=40.0, num_envs=2,
+                            seed=3)
+    ref = reference_returns(policy, spec, episodes=5, num_envs=2, target=40.0, seed=3)
+    assert [r.episode for r in results] == list(range(5))
+    assert all(r.length == 100 and r.success is None for r in results)
+    assert [r.total_return for r in results] == [ref[i] for i in range(5)]
+
+
+def test_rollout_handles_episodes_of_different_lengths():
+    """Sparse Dark-Room ends at the goal: environments free up at different steps and pick up new episodes;
+    every episode is reported once, in index order; an episode without the goal runs to the step limit."""
+    policy = tiny_policy(1)
+    spec = ActingSpec(discrete=True, reward_scale=1.0, num_actions=5)
+    results = evaluate_task(policy, lambda i: DarkRoom(goal=(1, 0), variant="sparse"), spec, episodes=6,
+                            target_return=1.0, num_envs=4, seed=0, max_steps=60)
+    assert [r.episode for r in results] == list(range(6))
+    for r in results:
+        assert 1 <= r.length <= 60 and r.total_return in (0.0, 1.0)
+        assert r.total_return == 1.0 or r.length == 60
+
+
+def test_checkpoint_evaluates_from_the_command_line(tmp_path, capsys):
+    policy = tiny_policy(2)
+    task = f"darkroom_{GOAL[0]}_{GOAL[1]}"
+    domains = [{"name": "darkroom", "reward_scale": 1.0, "discrete": True, "num_actions": 5, "in_context": True,
+                "obs_shape": [2], "action_dim": 1, "tasks": [task], "max_returns": {task: 90.0}}]
+    save_checkpoint(tmp_path / "run", 7, policy, {}, domains)
+    assert eval_main([str(tmp_path / "run"), "--episodes", "3", "--envs", "2", "--random-baseline", "--quiet"]) == 0
+    report = json.loads((tmp_path / "run" / "eval" / "step-00000007.json").read_text())
+    row = report["domains"]["darkroom"]["tasks"][task]
+    assert report["step"] == 7 and row["episodes"] == 3 and row["target_return"] == 90.0
+    rand = random_policy_returns("darkroom", task, 3, seed=0)
+    assert row["random_return_mean"] == pytest.approx(np.mean([r.total_return for r in rand]))
+    assert row["normalised_score"] == pytest.approx((row["return_mean"] - row["random_return_mean"])
+                                                    / (90.0 - row["random_return_mean"]))
+    assert report["normalised_score"] == pytest.approx(row["normalised_score"])
+    assert "darkroom/" + task in capsys.readouterr().out
+    # bad requests name what is wrong
+    for args, message in (([str(tmp_path / "run"), "--domains", "atari"], "'atari' is not in the checkpoint"),
+                          ([str(tmp_path / "nothing")], "no checkpoint found")):
+        with pytest.raises(SystemExit) as e:
+            eval_main([*args, "--quiet"])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert normalised_score(1.0, 2.0, 2.0) is None
+
+
+DOMAIN_OBS = {
+    "darkroom": ("darkroom_2_9", (2,), np.float32),
+    "metaworld": ("reach-v3", (39,), np.float32),
+    "dmcontrol": ("walker-walk", (204,), np.float32),
+    "atari": ("atari-freeway", (3, 64, 64), np.uint8),
+    "procgen": ("procgen-coinrun", (3, 64, 64), np.uint8),
+}
+
+
+@pytest.mark.parametrize("domain", list(DOMAIN_OBS))
+def test_every_domain_has_an_environment_shaped_like_its_data(domain):
+    task, shape, dtype = DOMAIN_OBS[domain]
+    env = make_eval_env(domain, task, seed=0)
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == shape and obs.dtype == dtype
+        obs, r, term, trunc, info = env.step(env.action_space.sample())
+        assert obs.shape == shape and np.isfinite(r)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="domain"):
+        make_eval_env("go", task)
