@@ -122,3 +122,37 @@ def test_every_domain_has_an_environment_shaped_like_its_data(domain):
         env.close()
     with pytest.raises(ValueError, match="domain"):
         make_eval_env("go", task)
+
+
+def test_training_logs_online_rollouts(tmp_path):
+    """train.rollout_episodes > 0: every eval runs the policy in its tasks' environments and logs the returns."""
+    from lram.data.episode import Episode
+    from lram.data.storage import PaperWriter
+    from lram.training.config import load_config
+    from lram.training.trainer import train
+
+    rng = np.random.default_rng(0)
+    task = f"darkroom_{GOAL[0]}_{GOAL[1]}"
+    with PaperWriter(tmp_path / "darkroom" / task, fmt="npz", compress=False, progress=False) as w:
+        for _ in range(6):
+            s = rng.integers(0, 10, size=(100, 2)).astype(np.float32)
+            w.write(Episode(states=s, actions=rng.integers(0, 5, 100), rewards=(rng.random(100) < 0.2).astype(np.float32)))
+    cfg = load_config(None, [
+        f"data.domains=[{{name: darkroom, path: {tmp_path / 'darkroom'}}}]", "data.context=10", "data.batch_size=4",
+        "model.size=tiny", "train.steps=3", "train.checkpoint_every=3", "train.eval_batches=1", "data.valid_fraction=0",
+        "train.rollout_episodes=3", "train.rollout_envs=2", "train.rollout_max_steps=15", "logging.tensorboard=false",
+        f"logging.run_dir={tmp_path / 'run'}",
+    ])
+    result = train(cfg)
+    ret = result[f"rollout/darkroom/{task}/return"]
+    assert 0.0 <= ret <= 15.0 and result["rollout/darkroom/return_mean"] == ret
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(f"rollout/darkroom/{task}/return" in r for r in rows)
+
+
+def test_environment_that_does_not_fit_the_domain_is_refused():
+    policy = tiny_policy()
+    for spec, message in ((ActingSpec(discrete=True, reward_scale=1.0, num_actions=4), "4 discrete actions"),
+                          (ActingSpec(discrete=False, reward_scale=1.0, action_dim=3), "3-d actions but the environment")):
+        with pytest.raises(ValueError, match=message):
+            evaluate_task(policy, lambda i: DarkRoom(goal=GOAL), spec, episodes=1, target_return=1.0)

@@ -40,7 +40,7 @@ def write_domain(root: Path, name: str, tasks: dict, discrete: bool, obs_dim: in
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    write_domain(root, "metaworld", {"reach-v3": 40, "push-v3": 40}, discrete=False)
+    write_domain(root, "metaworld", {"reach-v3": 40, "push-v3": 40}, discrete=False, obs_dim=39, act_dim=4)
     write_domain(root, "atari", {"pong": 40}, discrete=True, seed=1)
     return root
 
@@ -136,19 +136,25 @@ def test_crash_during_checkpoint_keeps_previous(tmp_path, data_root):
 def test_ddp_and_fsdp_two_processes_match_one(tmp_path, data_root):
     """torchrun with 2 gloo processes x batch 4 (DDP, and FSDP) gives the loss curve of 1 process x batch 8;
     the FSDP run's checkpoint is a full one that loads as a policy."""
-    losses = {}
+    losses, rollouts = {}, {}
     for name, n, bs, mode in (("one", 1, 8, "auto"), ("ddp", 2, 4, "ddp"), ("fsdp", 2, 4, "fsdp")):
         run = tmp_path / name
         args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port",
                 str(29500 + len(losses)), "-m", "lram", "train", *make_cfg_args(data_root, run), f"data.batch_size={bs}",
                 f"train.distributed={mode}", "train.steps=6", "train.checkpoint_every=3", "train.log_every=1",
-                "train.eval_batches=0"]
+                "train.eval_batches=0", "train.rollout_episodes=1", "train.rollout_envs=1", "train.rollout_max_steps=3",
+                "train.rollout_domains=[metaworld]"]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [r["train/loss"] for r in rows if "train/loss" in r]
+        rollouts[name] = {k: v for r in rows for k, v in r.items() if k.startswith("rollout/")}
     assert len(losses["one"]) == 6
+    # online rollouts: the two tasks split over the DDP ranks and gathered equal the one-process ones; skipped by FSDP
+    assert set(rollouts["one"]) >= {"rollout/metaworld/reach-v3/return", "rollout/metaworld/push-v3/return"}
+    assert rollouts["one"].keys() == rollouts["ddp"].keys() and not rollouts["fsdp"]
+    assert all(np.isclose(rollouts["one"][k], rollouts["ddp"][k], rtol=1e-3, atol=1e-4) for k in rollouts["one"])
     assert np.allclose(losses["one"], losses["ddp"], rtol=1e-4, atol=1e-5), losses
     assert np.allclose(losses["one"], losses["fsdp"], rtol=1e-4, atol=1e-5), losses
     a = load_file(str(tmp_path / "one" / "checkpoints" / "step-00000006" / "model.safetensors"))

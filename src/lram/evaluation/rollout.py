@@ -54,6 +54,20 @@ class ActingSpec:
                    in_context=bool(entry.get("in_context", False)))
 
 
+def check_env_fits(env: gym.Env, spec: ActingSpec) -> None:
+    """ValueError when the environment's actions are not the domain's (what the policy was trained to emit)."""
+    name = getattr(env, "task_name", None) or type(env).__name__
+    space = env.action_space
+    if spec.discrete:
+        n = getattr(space, "n", None)
+        if n is None:
+            raise ValueError(f"{name}: the domain has discrete actions but the environment's action space is {space}")
+        if spec.num_actions is not None and int(n) != int(spec.num_actions):
+            raise ValueError(f"{name}: the domain has {spec.num_actions} discrete actions, the environment {int(n)}")
+    elif getattr(space, "shape", None) is None or len(space.shape) != 1 or space.shape[0] != spec.action_dim:
+        raise ValueError(f"{name}: the domain's data has {spec.action_dim}-d actions but the environment takes {space}")
+
+
 def _observation(obs) -> torch.Tensor:
     """An env observation as the tensor the agent takes (uint8 images stay uint8, vectors become float32)."""
     arr = np.asarray(obs)
@@ -71,6 +85,7 @@ def evaluate_task(policy, make_env: Callable[[int], gym.Env], spec: ActingSpec, 
         raise ValueError(f"num_envs: expected >= 1, got {num_envs}")
     n = min(num_envs, episodes)
     envs = [make_env(i) for i in range(n)]
+    check_env_fits(envs[0], spec)
     agent = policy.make_agent(n, discrete=spec.discrete, num_actions=spec.num_actions if spec.discrete else None,
                               action_dims=None if spec.discrete else spec.action_dim, reward_scale=spec.reward_scale)
     results: dict[int, EpisodeResult] = {}

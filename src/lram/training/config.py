@@ -77,6 +77,11 @@ class LoopConfig:
     checkpoint_every: int = 100
     keep_last: int = 3
     distributed: str = "auto"  # auto/ddp (DDP when launched by torchrun), fsdp (sharded; large sizes), none
+    # online evaluation at every eval (spec 5.1: 5 episodes per task), tasks split over ranks; 0: off
+    rollout_episodes: int = 0
+    rollout_envs: int = 5  # environments stepped together per task
+    rollout_domains: list[str] = field(default_factory=list)  # default: every domain with an environment
+    rollout_max_steps: int = 0  # cut episodes after this many steps (0: the environment's own limit)
 
 
 @dataclass

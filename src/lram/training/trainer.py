@@ -350,8 +350,59 @@ class Trainer:
                                 f"valid/{domain}/accuracy": a / max(n, 1)})
             self.model.train()
             self.log.write(self.step, metrics)
+        rollouts = self.rollouts()
+        if rollouts:
+            self.log.write(self.step, rollouts)
+            metrics.update(rollouts)
         for hook in self.hooks:
             hook(self, self.step)
+        return metrics
+
+
+    @torch.no_grad()
+    def rollouts(self) -> dict:
+        """Online evaluation (``train.rollout_episodes`` per task; tasks split over ranks, results gathered):
+        ``rollout/<domain>/<task>/return`` and ``success``, and their means per domain."""
+        t = self.cfg.train
+        if t.rollout_episodes <= 0:
+            return {}
+        if self.fsdp:  # sharded weights cannot act locally
+            if self.is_main and not getattr(self, "_warned_fsdp_rollouts", False):
+                print("train.rollout_episodes: skipped under FSDP; evaluate checkpoints with `lram eval RUN`")
+                self._warned_fsdp_rollouts = True
+            return {}
+        from lram.evaluation import ENV_BUILDERS, ActingSpec, evaluate_task, make_eval_env, summarize
+
+        jobs = [(entry, task) for entry in domain_registry(self.domains)
+                if entry["name"] in ENV_BUILDERS and (not t.rollout_domains or entry["name"] in t.rollout_domains)
+                for task in entry["tasks"]]
+        local: dict[str, dict] = {}
+        self.model.eval()
+        for entry, task in jobs[self.rank :: self.world]:
+            d = entry["name"]
+            results = evaluate_task(self.model, lambda i, d=d, task=task: make_eval_env(d, task, t.seed + i),
+                                    ActingSpec.from_registry(entry), episodes=t.rollout_episodes,
+                                    target_return=entry["max_returns"][task], num_envs=t.rollout_envs, seed=t.seed,
+                                    max_steps=t.rollout_max_steps or None)
+            local.setdefault(d, {})[task] = summarize(results)
+        self.model.train()
+        if self.distributed:
+            gathered: list = [None] * self.world
+            dist.all_gather_object(gathered, local)
+            local = {}
+            for part in gathered:
+                for d, tasks in part.items():
+                    local.setdefault(d, {}).update(tasks)
+        metrics = {}
+        for d, tasks in sorted(local.items()):
+            for task, s in sorted(tasks.items()):
+                metrics[f"rollout/{d}/{task}/return"] = s["return_mean"]
+                if s["success_rate"] is not None:
+                    metrics[f"rollout/{d}/{task}/success"] = s["success_rate"]
+            metrics[f"rollout/{d}/return_mean"] = float(np.mean([s["return_mean"] for s in tasks.values()]))
+            succ = [s["success_rate"] for s in tasks.values() if s["success_rate"] is not None]
+            if succ:
+                metrics[f"rollout/{d}/success_rate"] = float(np.mean(succ))
         return metrics
 
 
