@@ -91,9 +91,17 @@ def test_checkpoint_evaluates_from_the_command_line(tmp_path, capsys):
                                                     / (90.0 - row["random_return_mean"]))
     assert report["normalised_score"] == pytest.approx(row["normalised_score"])
     assert "darkroom/" + task in capsys.readouterr().out
+    # a held-out task of the domain (domain/task), with a plot
+    out = tmp_path / "heldout.json"
+    assert eval_main([str(tmp_path / "run"), "--tasks", "darkroom/darkroom_1_8", "--episodes", "2", "--quiet", "--plot",
+                      "--out", str(out)]) == 0
+    held = json.loads(out.read_text())["domains"]["darkroom"]["tasks"]["darkroom_1_8"]
+    assert held["in_training_data"] is False and held["target_return"] == 90.0 and held["episodes"] == 2
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # bad requests name what is wrong
     for args, message in (([str(tmp_path / "run"), "--domains", "atari"], "'atari' is not in the checkpoint"),
-                          ([str(tmp_path / "nothing")], "no checkpoint found")):
+                          ([str(tmp_path / "nothing")], "no checkpoint found"),
+                          ([str(tmp_path / "run"), "--tasks", "darkroom_1_8"], "write domain/task")):
         with pytest.raises(SystemExit) as e:
             eval_main([*args, "--quiet"])
         assert e.value.code == 2 and message in capsys.readouterr().err

@@ -51,6 +51,31 @@ def normalised_score(value: float, low: float, high: float) -> float | None:
     return None if math.isclose(high, low) else (value - low) / (high - low)
 
 
+def _task_plan(registry: dict, domains: Sequence[str], tasks: Sequence[str] | None) -> dict[str, list[str]]:
+    """Tasks to evaluate per domain.  ``tasks`` entries are ``task`` (a task of the checkpoint's data) or
+    ``domain/task`` (any task of that domain, e.g. a held-out one); none: every task of ``domains``."""
+    if not tasks:
+        return {d: list(registry[d]["tasks"]) for d in domains}
+    plan: dict[str, list[str]] = {}
+    for item in tasks:
+        if "/" in item:
+            d, task = item.split("/", 1)
+            if d not in registry:
+                raise ValueError(f"tasks: {item!r}: domain {d!r} is not in the checkpoint (it has {', '.join(registry)})")
+            if d not in ENV_BUILDERS:
+                raise ValueError(f"tasks: {item!r}: no evaluation environment for {d!r}; known: {', '.join(ENV_BUILDERS)}")
+        else:
+            owners = [d for d in domains if item in registry[d]["tasks"]]
+            if not owners:
+                raise ValueError(f"tasks: {item!r} is not a task of the checkpoint's data in {', '.join(domains)}; "
+                                 "write domain/task for other tasks of a domain (e.g. held-out ones)")
+            d, task = owners[0], item
+        plan.setdefault(d, [])
+        if task not in plan[d]:
+            plan[d].append(task)
+    return plan
+
+
 def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
                         episodes: int = 5, num_envs: int = 5, seed: int = 0, target_return: float | None = None,
                         random_baseline: bool = False, max_steps: int | None = None, device: str = "cpu",
@@ -69,15 +94,17 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
             raise ValueError(f"domains: {d!r} is not in the checkpoint (it has {', '.join(registry)})")
         if d not in ENV_BUILDERS:
             raise ValueError(f"domains: no evaluation environment for {d!r}; known: {', '.join(ENV_BUILDERS)}")
+    plan = _task_plan(registry, chosen, tasks)
     report: dict = {"checkpoint": meta["path"], "step": meta["step"], "episodes": episodes, "seed": seed,
                     "domains": {}}
-    for d in chosen:
+    for d, names in plan.items():
         entry = registry[d]
         spec = ActingSpec.from_registry(entry)
-        names = [t for t in entry["tasks"] if not tasks or t in tasks]
         dom: dict = {"tasks": {}}
         for task in names:
-            target = float(target_return if target_return is not None else entry["max_returns"][task])
+            # a task of the data: its best return there; a new (held-out) task: the domain's best
+            default = entry["max_returns"].get(task, max(entry["max_returns"].values(), default=0.0))
+            target = float(target_return if target_return is not None else default)
             t0 = time.perf_counter()
             results = evaluate_task(policy, lambda i, d=d, task=task: make_eval_env(d, task, seed + i), spec,
                                     episodes=episodes, target_return=target, num_envs=num_envs, seed=seed,
@@ -88,6 +115,7 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
                 rand = summarize(random_policy_returns(d, task, episodes, seed, max_steps))
                 row["random_return_mean"] = rand["return_mean"]
                 row["normalised_score"] = normalised_score(row["return_mean"], rand["return_mean"], target)
+            row["in_training_data"] = task in entry["tasks"]
             dom["tasks"][task] = row
         scores = [r["normalised_score"] for r in dom["tasks"].values() if r.get("normalised_score") is not None]
         dom["normalised_score"] = float(np.mean(scores)) if scores else None
@@ -116,20 +144,63 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_report(report: dict, path: str | Path) -> Path:
+    """A PNG of the report: mean return per task (with the target and the random baseline), and the return of
+    every episode in order (in-context domains should rise from episode to episode).  Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("--plot needs matplotlib: pip install 'lram[plots]'") from e
+    rows = [(f"{d}/{t}", r) for d, dom in report["domains"].items() for t, r in dom["tasks"].items()]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8.0, 0.6 * len(rows) + 6), 4.5))
+    x = np.arange(len(rows))
+    ax1.bar(x, [r["return_mean"] for _, r in rows], yerr=[r["return_std"] for _, r in rows], color="tab:blue",
+            label="policy (mean, std)")
+    ax1.scatter(x, [r["target_return"] for _, r in rows], marker="_", s=400, color="black", label="target return")
+    if any("random_return_mean" in r for _, r in rows):
+        ax1.scatter(x, [r.get("random_return_mean", np.nan) for _, r in rows], marker="_", s=400, color="tab:red",
+                    label="random policy")
+    ax1.set_xticks(x, [name for name, _ in rows], rotation=60, ha="right", fontsize=7)
+    ax1.set_ylabel("episode return")
+    ax1.legend(fontsize=7)
+    for name, r in rows:
+        eps = r["episodes_detail"]
+        ax2.plot([e["episode"] for e in eps], [e["total_return"] for e in eps], marker=".", label=name)
+    ax2.set_xlabel("episode index")
+    ax2.set_ylabel("return")
+    if len(rows) <= 10:
+        ax2.legend(fontsize=7)
+    fig.suptitle(f"{report['checkpoint']} (step {report['step']})", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="lram eval", description="Evaluate a checkpoint online in its tasks' environments.")
     p.add_argument("run", type=Path, help="a run folder (its latest checkpoint) or a checkpoint folder")
     p.add_argument("--domains", default="", help="comma-separated domains (default: every domain with an environment)")
-    p.add_argument("--tasks", default="", help="comma-separated task folder names (default: all of the domains')")
+    p.add_argument("--tasks", default="", help="comma-separated task folder names of the data, or domain/task for "
+                   "any task of a domain (held-out ones); default: all tasks of the domains")
     p.add_argument("--episodes", type=int, default=5, help="episodes per task (default: 5, as the paper)")
     p.add_argument("--envs", type=int, default=5, help="environments stepped together per task (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="episode i resets its environment with seed + i")
-    p.add_argument("--target-return", type=float, default=None, help="default: the task's best return in the data")
+    p.add_argument("--target-return", type=float, default=None,
+                   help="default: the task's best return in the data (a held-out task: the domain's best)")
     p.add_argument("--random-baseline", action="store_true", help="also run a random policy and report normalised scores")
     p.add_argument("--max-steps", type=int, default=None, help="cut episodes after this many steps")
     p.add_argument("--out", type=Path, default=None, help="JSON report (default: RUN/eval/step-<N>.json)")
+    p.add_argument("--plot", action="store_true", help="also write a PNG beside the JSON report (needs matplotlib)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
@@ -148,4 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.exit(2, f"lram eval: error: {e}\n")
     print(format_report(report))
     print(f"wrote {out}")
+    if a.plot:
+        try:
+            print(f"wrote {plot_report(report, Path(out).with_suffix('.png'))}")
+        except ImportError as e:
+            p.exit(2, f"lram eval: error: {e}\n")
     return 0
