@@ -100,14 +100,14 @@ def test_kernel_choice_errors_are_clear(monkeypatch):
 def test_few_rows_linear_equals_f_linear(rows, bias):
     assert cpu_kernels.load_cpu_kernels(required=True)
     torch.manual_seed(rows)
-    layer = Linear(300, 517, bias=bias)  # odd sizes: no multiple of the vector width
-    x = torch.randn(rows, 300)
+    layer = Linear(600, 517, bias=bias)  # odd sizes (no multiple of the vector width), over 1 MB: the kernel path
+    x = torch.randn(rows, 600)
     with torch.no_grad():
         ref = torch.nn.functional.linear(x.double(), layer.weight.double(), None if bias is False else layer.bias.double())
         y = torch.ops.lram.linear_rows(x, layer.weight, layer.bias)
     assert y.shape == (rows, 517) and rel_err(y.double(), ref) <= 1e-6
     with torch.no_grad():  # the layer itself takes that path at inference, and a [B, T, in] input keeps its shape
-        y3 = layer(x.reshape(1, rows, 300))
+        y3 = layer(x.reshape(1, rows, 600))
     assert y3.shape == (1, rows, 517) and rel_err(y3.reshape(rows, 517).double(), ref) <= 1e-6
     y_grad = layer(x)  # with autograd: the differentiable PyTorch path, same numbers
     assert y_grad.requires_grad and rel_err(y_grad.detach().double(), ref) <= 1e-6

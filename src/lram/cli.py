@@ -33,6 +33,12 @@ def _models(argv: Sequence[str]) -> int:
     return 0
 
 
+def _demo(argv: Sequence[str]) -> int:
+    from lram.demo import main
+
+    return main(argv)
+
+
 def _eval(argv: Sequence[str]) -> int:
     from lram.evaluation.evaluate import main
 
@@ -46,6 +52,7 @@ def _train(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {
+    "demo": (_demo, "the main job on a CPU in minutes: data, training, scores, latency (writes demo/REPORT.md)"),
     "train": (_train, "train a policy from a YAML config (torchrun for DDP), or --resume a run"),
     "eval": (_eval, "evaluate a checkpoint online in its tasks' environments (returns, success, normalised scores)"),
     "bench": (_bench, "latency per environment step vs context length and the memory-bound floor"),

@@ -20,7 +20,7 @@ import numpy as np
 
 from lram.evaluation.envs import ENV_BUILDERS, make_eval_env
 from lram.evaluation.rollout import ActingSpec, EpisodeResult, evaluate_task, summarize
-from lram.utils.io import write_json_atomic
+from lram.utils.io import atomic_path, write_json_atomic
 
 
 def random_policy_returns(domain: str, task: str, episodes: int, seed: int = 0,
@@ -176,11 +176,9 @@ def plot_report(report: dict, path: str | Path) -> Path:
     fig.suptitle(f"{report['checkpoint']} (step {report['step']})", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -10,6 +10,7 @@ from lram.models import kernels
 
 FEW_ROWS = 8
 BIG_WEIGHT = 1 << 16  # a single row goes the two-column way only for weights larger than this (not cache-resident)
+KERNEL_MIN_WEIGHT = 1 << 18  # lram's streaming kernel beats BLAS from about 1 MB of weights (below: call overhead)
 
 
 class Linear(nn.Linear):
@@ -26,7 +27,8 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if 0 < rows <= FEW_ROWS and x.device.type == "cpu" and (rows > 1 or self.weight.numel() >= BIG_WEIGHT):
-            if (kernels.LOADED and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+            if (kernels.LOADED and self.weight.numel() >= KERNEL_MIN_WEIGHT and x.dtype == torch.float32
+                    and self.weight.dtype == torch.float32
                     and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
                 return torch.ops.lram.linear_rows(x, self.weight, self.bias)  # see lram.models.kernels
             xr = x.reshape(rows, self.in_features)

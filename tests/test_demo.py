@@ -1,0 +1,29 @@
+"""`lram demo --quick`: the whole pipeline (data, training, scores, latency) end to end, and it resumes."""
+
+from __future__ import annotations
+
+import json
+
+from lram.demo import main
+
+
+def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--quick", "--quiet", "--out", str(out)]) == 0
+    report = (out / "REPORT.md").read_text()
+    for section in ("## Training", "## Scores in the training tasks", "## In-context RL on held-out Dark-Room goals",
+                    "## Latency per environment step"):
+        assert section in report
+    scores = json.loads((out / "run" / "eval" / "scores.json").read_text())
+    assert set(scores["domains"]) == {"metaworld", "darkroom"}
+    assert scores["domains"]["metaworld"]["tasks"]["reach-v3"]["episodes"] == 2
+    icl = json.loads((out / "run" / "eval" / "darkroom_heldout.json").read_text())
+    (task, row), = icl["domains"]["darkroom"]["tasks"].items()
+    assert row["in_training_data"] is False and len(row["episodes_detail"]) == 3
+    latency = json.loads((out / "latency.json").read_text())
+    assert set(latency["backbones"]) == {"xlstm[1:0]", "transformer"}
+    first = sorted(p.name for p in (out / "run" / "checkpoints").glob("step-*"))
+    # a re-run keeps the data and the finished training, and measures again
+    assert main(["--quick", "--quiet", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "run" / "checkpoints").glob("step-*")) == first
+    assert "held-out Dark-Room goals" in capsys.readouterr().out
