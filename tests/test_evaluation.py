@@ -164,3 +164,17 @@ def test_environment_that_does_not_fit_the_domain_is_refused():
                           (ActingSpec(discrete=False, reward_scale=1.0, action_dim=3), "3-d actions but the environment")):
         with pytest.raises(ValueError, match=message):
             evaluate_task(policy, lambda i: DarkRoom(goal=GOAL), spec, episodes=1, target_return=1.0)
+
+
+def test_tasks_spread_over_worker_processes_give_the_same_report(tmp_path):
+    from lram.evaluation import evaluate_checkpoint
+
+    tasks = ["darkroom_6_3", "darkroom_2_2", "darkroom_0_7"]
+    domains = [{"name": "darkroom", "reward_scale": 1.0, "discrete": True, "num_actions": 5, "in_context": True,
+                "obs_shape": [2], "action_dim": 1, "tasks": tasks, "max_returns": {t: 80.0 for t in tasks}}]
+    save_checkpoint(tmp_path / "run", 1, tiny_policy(4), {}, domains)
+    reports = [evaluate_checkpoint(tmp_path / "run", episodes=3, num_envs=2, max_steps=30, workers=w, progress=False)
+               for w in (1, 2)]
+    strip = lambda rep: {t: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+                         for t, r in rep["domains"]["darkroom"]["tasks"].items()}
+    assert strip(reports[0]) == strip(reports[1]) and list(strip(reports[1])) == tasks

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lram.evaluation.envs import ENV_BUILDERS, make_eval_env
 from lram.evaluation.rollout import ActingSpec, EpisodeResult, evaluate_task, summarize
@@ -76,12 +77,47 @@ def _task_plan(registry: dict, domains: Sequence[str], tasks: Sequence[str] | No
     return plan
 
 
+def evaluate_one(policy, entry: dict, task: str, target: float, *, episodes: int, num_envs: int, seed: int,
+                 max_steps: int | None, random_baseline: bool, progress: bool = False) -> dict:
+    """One task of a domain (``entry``: its registry record): the report row (summary, episodes, baseline)."""
+    d = entry["name"]
+    t0 = time.perf_counter()
+    results = evaluate_task(policy, lambda i: make_eval_env(d, task, seed + i), ActingSpec.from_registry(entry),
+                            episodes=episodes, target_return=target, num_envs=num_envs, seed=seed, max_steps=max_steps,
+                            progress=progress, desc=f"{d}/{task}")
+    row = {"target_return": target, **summarize(results), "seconds": time.perf_counter() - t0,
+           "episodes_detail": [r.to_dict() for r in results]}
+    if random_baseline:
+        rand = summarize(random_policy_returns(d, task, episodes, seed, max_steps))
+        row["random_return_mean"] = rand["return_mean"]
+        row["normalised_score"] = normalised_score(row["return_mean"], rand["return_mean"], target)
+    row["in_training_data"] = task in entry["tasks"]
+    return row
+
+
+_worker_policy = None
+
+
+def _init_worker(path: str, device: str, threads: int) -> None:
+    global _worker_policy
+    from lram.training.checkpoint import load_policy
+
+    torch.set_num_threads(threads)
+    _worker_policy = load_policy(path, device)[0]
+
+
+def _worker_job(job):
+    entry, task, target, options = job
+    return (entry["name"], task), evaluate_one(_worker_policy, entry, task, target, **options)
+
+
 def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
                         episodes: int = 5, num_envs: int = 5, seed: int = 0, target_return: float | None = None,
                         random_baseline: bool = False, max_steps: int | None = None, device: str = "cpu",
-                        out: str | Path | None = None, progress: bool = True) -> dict:
+                        workers: int = 1, out: str | Path | None = None, progress: bool = True) -> dict:
     """Evaluate the checkpoint at ``path`` (a run or checkpoint folder); returns (and writes to ``out``) a
-    report: per task the episodes and their summary, per domain and overall the mean normalised score."""
+    report: per task the episodes and their summary, per domain and overall the mean normalised score.
+    ``workers > 1`` spreads the tasks over that many processes (same results: seeds are per episode)."""
     from lram.training.checkpoint import load_policy
 
     policy, meta = load_policy(path, device)
@@ -95,28 +131,37 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
         if d not in ENV_BUILDERS:
             raise ValueError(f"domains: no evaluation environment for {d!r}; known: {', '.join(ENV_BUILDERS)}")
     plan = _task_plan(registry, chosen, tasks)
-    report: dict = {"checkpoint": meta["path"], "step": meta["step"], "episodes": episodes, "seed": seed,
-                    "domains": {}}
+    jobs = []
     for d, names in plan.items():
         entry = registry[d]
-        spec = ActingSpec.from_registry(entry)
-        dom: dict = {"tasks": {}}
         for task in names:
             # a task of the data: its best return there; a new (held-out) task: the domain's best
             default = entry["max_returns"].get(task, max(entry["max_returns"].values(), default=0.0))
             target = float(target_return if target_return is not None else default)
-            t0 = time.perf_counter()
-            results = evaluate_task(policy, lambda i, d=d, task=task: make_eval_env(d, task, seed + i), spec,
-                                    episodes=episodes, target_return=target, num_envs=num_envs, seed=seed,
-                                    max_steps=max_steps, progress=progress, desc=f"{d}/{task}")
-            row = {"target_return": target, **summarize(results), "seconds": time.perf_counter() - t0,
-                   "episodes_detail": [r.to_dict() for r in results]}
-            if random_baseline:
-                rand = summarize(random_policy_returns(d, task, episodes, seed, max_steps))
-                row["random_return_mean"] = rand["return_mean"]
-                row["normalised_score"] = normalised_score(row["return_mean"], rand["return_mean"], target)
-            row["in_training_data"] = task in entry["tasks"]
-            dom["tasks"][task] = row
+            jobs.append((entry, task, target))
+    options = {"episodes": episodes, "num_envs": num_envs, "seed": seed, "max_steps": max_steps,
+               "random_baseline": random_baseline}
+    rows: dict[tuple[str, str], dict] = {}
+    if workers <= 1 or len(jobs) <= 1:
+        for entry, task, target in jobs:
+            rows[entry["name"], task] = evaluate_one(policy, entry, task, target, progress=progress, **options)
+    else:  # tasks spread over processes, each with its own copy of the policy (simulators are the slow part)
+        import multiprocessing as mp
+
+        from tqdm.auto import tqdm
+
+        ctx = mp.get_context("spawn")
+        threads = max(1, torch.get_num_threads() // workers)
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(str(path), device, threads)) as pool, \
+                tqdm(total=len(jobs), desc="eval tasks", disable=not progress) as bar:
+            args = [(entry, task, target, options) for entry, task, target in jobs]
+            for (d, task), row in pool.imap_unordered(_worker_job, args):
+                rows[d, task] = row
+                bar.update(1)
+    report: dict = {"checkpoint": meta["path"], "step": meta["step"], "episodes": episodes, "seed": seed,
+                    "domains": {}}
+    for d, names in plan.items():
+        dom: dict = {"tasks": {task: rows[d, task] for task in names}}
         scores = [r["normalised_score"] for r in dom["tasks"].values() if r.get("normalised_score") is not None]
         dom["normalised_score"] = float(np.mean(scores)) if scores else None
         succ = [r["success_rate"] for r in dom["tasks"].values() if r["success_rate"] is not None]
@@ -197,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="default: the task's best return in the data (a held-out task: the domain's best)")
     p.add_argument("--random-baseline", action="store_true", help="also run a random policy and report normalised scores")
     p.add_argument("--max-steps", type=int, default=None, help="cut episodes after this many steps")
+    p.add_argument("--workers", type=int, default=1, help="processes the tasks are spread over (default: 1)")
     p.add_argument("--out", type=Path, default=None, help="JSON report (default: RUN/eval/step-<N>.json)")
     p.add_argument("--plot", action="store_true", help="also write a PNG beside the JSON report (needs matplotlib)")
     p.add_argument("--quiet", action="store_true")
@@ -211,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = (a.run if a.run != ckpt else ckpt.parent.parent) / "eval" / f"{ckpt.name}.json"
         report = evaluate_checkpoint(a.run, domains=split(a.domains), tasks=split(a.tasks), episodes=a.episodes,
                                      num_envs=a.envs, seed=a.seed, target_return=a.target_return,
-                                     random_baseline=a.random_baseline, max_steps=a.max_steps, out=out,
+                                     random_baseline=a.random_baseline, max_steps=a.max_steps, workers=a.workers, out=out,
                                      progress=not a.quiet)
     except (ValueError, FileNotFoundError, ImportError) as e:
         p.exit(2, f"lram eval: error: {e}\n")
