@@ -45,6 +45,12 @@ def _eval(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _export(argv: Sequence[str]) -> int:
+    from lram.serving.onnx_export import main
+
+    return main(argv)
+
+
 def _train(argv: Sequence[str]) -> int:
     from lram.training.cli import main
 
@@ -55,6 +61,7 @@ COMMANDS = {
     "demo": (_demo, "the main job on a CPU in minutes: data, training, scores, latency (writes demo/REPORT.md)"),
     "train": (_train, "train a policy from a YAML config (torchrun for DDP), or --resume a run"),
     "eval": (_eval, "evaluate a checkpoint online in its tasks' environments (returns, success, normalised scores)"),
+    "export": (_export, "export a checkpoint's recurrent step to ONNX (dynamic batch, explicit state)"),
     "bench": (_bench, "latency per environment step vs context length and the memory-bound floor"),
     "models": (_models, "size presets and parameter counts beside the paper's"),
     "data": (_data, "trajectory data: info, check, convert (paper and packed layouts), generate"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +13,23 @@ from lram.models import kernels
 FEW_ROWS = 8
 BIG_WEIGHT = 1 << 16  # a single row goes the two-column way only for weights larger than this (not cache-resident)
 KERNEL_MIN_WEIGHT = 1 << 18  # lram's streaming kernel beats BLAS from about 1 MB of weights (below: call overhead)
+
+
+_EXPORT = [False]
+
+
+@contextlib.contextmanager
+def export_mode():
+    """While exporting a graph (ONNX): no branches on the number of rows, which would fix the batch size."""
+    _EXPORT[0] = True
+    try:
+        yield
+    finally:
+        _EXPORT[0] = False
+
+
+def exporting() -> bool:
+    return _EXPORT[0] or torch.compiler.is_exporting()
 
 
 class Linear(nn.Linear):
@@ -25,6 +44,8 @@ class Linear(nn.Linear):
     still)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if exporting():  # a branch on the number of rows would fix the exported batch size
+            return F.linear(x, self.weight, self.bias)
         rows = x.numel() // self.in_features
         if 0 < rows <= FEW_ROWS and x.device.type == "cpu" and (rows > 1 or self.weight.numel() >= BIG_WEIGHT):
             if (kernels.LOADED and self.weight.numel() >= KERNEL_MIN_WEIGHT and x.dtype == torch.float32

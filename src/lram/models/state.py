@@ -27,9 +27,9 @@ class RecurrentState:
     def __init__(self, tensors: Mapping[str, torch.Tensor], signature: str):
         self.tensors: dict[str, torch.Tensor] = dict(tensors)
         self.signature = signature
-        sizes = {t.shape[0] for t in self.tensors.values()}
-        if len(sizes) > 1:
-            raise ValueError(f"RecurrentState: tensors disagree on the batch size: {sorted(sizes)}")
+        sizes = [t.shape[0] for t in self.tensors.values()]
+        if any(b != sizes[0] for b in sizes[1:]):  # (no set of sizes: symbolic sizes in an export must not be hashed)
+            raise ValueError(f"RecurrentState: tensors disagree on the batch size: {sorted(set(sizes))}")
 
     # ------------------------------------------------------------------ access
     @property

@@ -42,7 +42,7 @@ from torch import nn
 
 from lram.models.backbone import Backbone
 from lram.models.kernels import STEP_KERNELS, cached_step_arguments, fused_step_applies
-from lram.models.layers import Linear
+from lram.models.layers import Linear, exporting
 from lram.models.state import RecurrentState
 
 M_EMPTY = -1.0e30  # stabiliser value of an empty memory (acts as -inf without inf arithmetic)
@@ -309,7 +309,7 @@ class BlockDiagonalLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if x.numel() <= 65536:  # few tokens (inference): one bmm over the blocks, [blocks, tokens, in] @ [in, out]
+        if not exporting() and x.numel() <= 65536:  # few tokens (inference): one bmm over the blocks
             xb = x.reshape(-1, self.num_blocks, self.weight.shape[-1]).transpose(0, 1)
             return torch.bmm(xb, self.weight.transpose(1, 2)).transpose(0, 1).reshape(shape)
         x = x.reshape(*shape[:-1], self.num_blocks, 1, -1)

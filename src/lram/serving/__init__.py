@@ -1,0 +1,1 @@
+"""Deployment: exporting the recurrent step (ONNX) and, later, serving it."""
