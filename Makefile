@@ -9,7 +9,7 @@ EXTRAS ?= dev
 # (pip extras cannot say that); `make setup PROCGEN=` skips it.  imageio is imported by gym3 at import time.
 PROCGEN ?= procgen2==0.10.7 gym3==0.3.3 gym==0.26.2 cffi==1.17.1 pycparser==2.23 imageio==2.38.1
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench lint proto clean
 
 setup: $(VENV)/.lram-installed
 
@@ -33,6 +33,10 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+
+# regenerate the gRPC stubs of the policy server from src/lram/serving/proto/policy.proto
+proto: setup
+	cd src && ../$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. lram/serving/proto/policy.proto
 
 clean:
 	rm -rf $(VENV) benchmarks/out .pytest_cache demo

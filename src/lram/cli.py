@@ -51,6 +51,12 @@ def _export(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _serve(argv: Sequence[str]) -> int:
+    from lram.serving.server import main
+
+    return main(argv)
+
+
 def _train(argv: Sequence[str]) -> int:
     from lram.training.cli import main
 
@@ -62,6 +68,7 @@ COMMANDS = {
     "train": (_train, "train a policy from a YAML config (torchrun for DDP), or --resume a run"),
     "eval": (_eval, "evaluate a checkpoint online in its tasks' environments (returns, success, normalised scores)"),
     "export": (_export, "export a checkpoint's recurrent step to ONNX (dynamic batch, explicit state)"),
+    "serve": (_serve, "serve a checkpoint over gRPC: sessions with their own recurrent state, one Act per step"),
     "bench": (_bench, "latency per environment step vs context length and the memory-bound floor"),
     "models": (_models, "size presets and parameter counts beside the paper's"),
     "data": (_data, "trajectory data: info, check, convert (paper and packed layouts), generate"),

@@ -1,1 +1,2 @@
-"""Deployment: exporting the recurrent step (ONNX) and, later, serving it."""
+"""Deployment: the recurrent step as ONNX (``lram export``) and a gRPC policy server with per-session state
+(``lram serve``; protocol in ``proto/policy.proto``)."""
