@@ -106,3 +106,15 @@ def test_bad_requests_name_the_problem(served):
     assert "too many sessions" in e.value.details()
     for s in [sid, *extra]:
         stub.CloseSession(pb.CloseSessionRequest(session_id=s))
+
+
+def test_idle_sessions_expire(served):
+    from lram.serving.sessions import SessionError, SessionManager
+
+    policy, _ = served
+    manager = SessionManager(policy, DOMAINS, max_sessions=2, ttl_s=0.0)
+    first, _ = manager.open("darkroom")
+    manager.open("darkroom")  # opening expires idle sessions (ttl 0: all of them)
+    with pytest.raises(SessionError, match="no open session") as e:
+        manager.act(first, torch.zeros(1, 2), 0.0, True)
+    assert e.value.not_found
