@@ -19,6 +19,7 @@ one token per environment step) is timed too.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import statistics
 import time
@@ -31,6 +32,7 @@ from torch import nn
 from lram.models import LRAMConfig, LRAMPolicy
 from lram.models.layers import KERNEL_MIN_WEIGHT
 from lram.models.presets import SIZE_PRESETS
+from lram.models.state import RecurrentState
 from lram.utils.checks import validation
 from lram.utils.io import write_json_atomic
 
@@ -118,8 +120,41 @@ def _fill_state(model: LRAMPolicy, agent, history_steps: int, spare_steps: int, 
         return "synthetic KV cache"
     x = torch.randn(1, tokens, model.config.d_model, generator=generator)
     with torch.inference_mode():
-        _, agent.state = bb(x)
-    return "prefill"
+        _, state = bb(x)
+    B = agent.num_envs  # one real prefill, copied to every row (the cost of a step does not depend on values)
+    agent.state = state if B == 1 else RecurrentState(
+        {k: v.expand(B, *v.shape[1:]).contiguous() for k, v in state.tensors.items()}, state.signature)
+    return "prefill" if B == 1 else "prefill of one row, copied to every row"
+
+
+def _transformer_cache_bytes(model: LRAMPolicy, batch: int, history_steps: int, spare_steps: int) -> int:
+    cfg = model.config
+    return 2 * cfg.num_blocks * batch * (history_steps + spare_steps) * cfg.tokens_per_step * cfg.d_model * 4
+
+
+def throughput_benchmark(model: LRAMPolicy, batch_sizes: Sequence[int], contexts: Sequence[int], repeats: int,
+                         warmup: int, generator: torch.Generator, memory_budget: int) -> dict:
+    """Environment steps per second with ``B`` environments per call (the paper's throughput), for every
+    batch size and context length; Transformer caches beyond ``memory_budget`` bytes are skipped (OOM)."""
+    out: dict = {}
+    for B in batch_sizes:
+        agent = model.make_agent(B, discrete=False, action_dims=6, reward_scale=100.0)
+        obs = torch.randn(B, model.config.state_dim, generator=generator)
+        zero, rtg = torch.zeros(B), torch.ones(B)
+        row: dict = {}
+        for C in contexts:
+            spare = warmup + repeats + 1
+            if model.config.backbone == "transformer" and not model.backbone.config.kv_window \
+                    and _transformer_cache_bytes(model, B, C, spare) > memory_budget:
+                row[str(C)] = {"skipped": f"KV cache over the memory budget ({memory_budget / 2**30:.1f} GiB)"}
+                continue
+            how = _fill_state(model, agent, C, spare, generator)
+            with torch.inference_mode():
+                t = time_call(functools.partial(agent.act, obs, zero, rtg), repeats, warmup)
+            t.update(history=how, steps_per_s=B / (t["median_ms"] / 1e3))
+            row[str(C)] = t
+        out[str(B)] = row
+    return out
 
 
 def library_step_benchmark(d_model: int, num_blocks: int, repeats: int, warmup: int) -> dict | None:
@@ -157,6 +192,7 @@ def run(
     out: str | Path | None = None,
     progress: bool = True,
     compiled: Sequence[str] = (),
+    batch_sizes: Sequence[int] = (),
 ) -> dict:
     """Run the latency benchmark; returns (and optionally writes as JSON) all figures."""
     if threads:
@@ -201,6 +237,9 @@ def run(
                 timing["ratio_to_kernel_floor"] = timing["median_ms"] / floor["kernel_ms"]
             entry["per_context"][str(C)] = timing
             bar.update(1)
+        if batch_sizes and not compile_step:
+            entry["throughput"] = throughput_benchmark(model, batch_sizes, contexts, repeats, warmup, gen,
+                                                       memory_budget=_memory_bytes() // 2)
         results["backbones"][variant + (" compiled" if compile_step else "")] = entry
     bar.close()
     lib = library_step_benchmark(preset.d_model, preset.recurrent_blocks, repeats, warmup)
@@ -209,6 +248,26 @@ def run(
     if out is not None:
         write_json_atomic(out, results)
     return results
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2**30
+
+
+def format_throughput(results: dict) -> str:
+    """Environment steps per second (all environments of a call) per batch size and context."""
+    contexts = results["contexts"]
+    head = f"{'backbone':<22}{'batch':>6} " + "".join(f"{'C=' + str(c):>12}" for c in contexts)
+    lines = ["throughput (environment steps per second, all environments of a call)", head, "-" * len(head)]
+    for name, e in results["backbones"].items():
+        for B, row in e.get("throughput", {}).items():
+            cells = "".join(f"{row[str(c)]['steps_per_s']:>12.0f}" if "steps_per_s" in row[str(c)] else f"{'OOM':>12}"
+                            for c in contexts)
+            lines.append(f"{name:<22}{B:>6} {cells}")
+    return "\n".join(lines)
 
 
 def format_table(results: dict) -> str:
@@ -246,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", default="", help="backbones to time also with a torch.compile'd step, e.g. xlstm[1:0]")
+    p.add_argument("--batch-sizes", default="", help="also measure throughput with this many environments per call, "
+                   "e.g. 16,64 (the Transformer's KV cache is skipped beyond half the RAM)")
     p.add_argument("--out", default="benchmarks/out/latency.json")
     args = p.parse_args(argv)
     try:
@@ -257,8 +318,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if b not in DEFAULT_BACKBONES and b != "xlstm":
             p.error(f"--backbones: unknown backbone {b!r}; choose from {','.join(DEFAULT_BACKBONES)}")
     compiled = [b for b in args.compile.split(",") if b]
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    except ValueError:
+        p.error(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}")
     results = run(args.size, backbones, contexts, args.repeats, args.warmup, args.threads, args.out,
-                  compiled=compiled)
+                  compiled=compiled, batch_sizes=batch_sizes)
     print(format_table(results))
+    if batch_sizes:
+        print(format_throughput(results))
     print(f"wrote {args.out}")
     return 0
