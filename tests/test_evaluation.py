@@ -178,3 +178,14 @@ def test_tasks_spread_over_worker_processes_give_the_same_report(tmp_path):
     strip = lambda rep: {t: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
                          for t, r in rep["domains"]["darkroom"]["tasks"].items()}
     assert strip(reports[0]) == strip(reports[1]) and list(strip(reports[1])) == tasks
+
+
+@pytest.mark.parametrize("domain,task,dims,scale", [("metaworld", "reach-v3", 4, 200.0), ("dmcontrol", "walker-walk", 6, 100.0)])
+def test_simulator_results_do_not_depend_on_how_many_envs_run(domain, task, dims, scale):
+    """Episode i is seeded seed + i whatever the environment it runs in (real MuJoCo simulators)."""
+    policy = tiny_policy(5)
+    spec = ActingSpec(discrete=False, reward_scale=scale, action_dim=dims)
+    runs = [[r.total_return for r in evaluate_task(policy, lambda i: make_eval_env(domain, task, 100 + i), spec,
+                                                   episodes=3, target_return=500.0, num_envs=n, seed=5, max_steps=15)]
+            for n in (1, 3)]
+    assert runs[0] == runs[1] and len(set(runs[0])) == 3  # equal, and the three episodes do differ
