@@ -89,6 +89,7 @@ def test_kernel_choice_errors_are_clear(monkeypatch):
             build_backbone(kind, d_model=64, num_blocks=1, step_kernel="cuda-graphs")
     monkeypatch.setenv("LRAM_CPU_KERNELS", "0")
     assert cpu_kernels._build() == (False, "disabled by LRAM_CPU_KERNELS=0")
+    monkeypatch.setattr(cpu_kernels, "LOADED", False)
     monkeypatch.setitem(cpu_kernels._status, "loaded", False)
     monkeypatch.setitem(cpu_kernels._status, "error", "no compiler")
     with pytest.raises(RuntimeError, match="step_kernel='fused'.*no compiler"):

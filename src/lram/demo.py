@@ -28,7 +28,7 @@ import numpy as np
 
 @dataclass
 class DemoBudget:
-    """How much of each stage to run (the defaults take ~6-8 minutes on 2 CPU cores)."""
+    """How much of each stage to run (the defaults take ~4 minutes on 2 CPU cores)."""
 
     metaworld_tasks: tuple[str, ...] = ("reach-v3", "button-press-topdown-v3", "drawer-close-v3")
     metaworld_episodes: int = 40

@@ -52,6 +52,14 @@ def normalised_score(value: float, low: float, high: float) -> float | None:
     return None if math.isclose(high, low) else (value - low) / (high - low)
 
 
+def _check_domain(registry: dict, domain: str, where: str) -> None:
+    """ValueError (prefixed by ``where``) unless ``domain`` is in the checkpoint and has an environment."""
+    if domain not in registry:
+        raise ValueError(f"{where}: {domain!r} is not in the checkpoint (it has {', '.join(registry)})")
+    if domain not in ENV_BUILDERS:
+        raise ValueError(f"{where}: no evaluation environment for {domain!r}; known: {', '.join(ENV_BUILDERS)}")
+
+
 def _task_plan(registry: dict, domains: Sequence[str], tasks: Sequence[str] | None) -> dict[str, list[str]]:
     """Tasks to evaluate per domain.  ``tasks`` entries are ``task`` (a task of the checkpoint's data) or
     ``domain/task`` (any task of that domain, e.g. a held-out one); none: every task of ``domains``."""
@@ -61,10 +69,7 @@ def _task_plan(registry: dict, domains: Sequence[str], tasks: Sequence[str] | No
     for item in tasks:
         if "/" in item:
             d, task = item.split("/", 1)
-            if d not in registry:
-                raise ValueError(f"tasks: {item!r}: domain {d!r} is not in the checkpoint (it has {', '.join(registry)})")
-            if d not in ENV_BUILDERS:
-                raise ValueError(f"tasks: {item!r}: no evaluation environment for {d!r}; known: {', '.join(ENV_BUILDERS)}")
+            _check_domain(registry, d, f"tasks: {item!r}")
         else:
             owners = [d for d in domains if item in registry[d]["tasks"]]
             if not owners:
@@ -126,10 +131,7 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
         raise ValueError(f"{path}: the checkpoint has no domain registry (policy.json 'domains'), nothing to evaluate")
     chosen = list(domains) if domains else [d for d in registry if d in ENV_BUILDERS]
     for d in chosen:
-        if d not in registry:
-            raise ValueError(f"domains: {d!r} is not in the checkpoint (it has {', '.join(registry)})")
-        if d not in ENV_BUILDERS:
-            raise ValueError(f"domains: no evaluation environment for {d!r}; known: {', '.join(ENV_BUILDERS)}")
+        _check_domain(registry, d, "domains")
     plan = _task_plan(registry, chosen, tasks)
     jobs = []
     for d, names in plan.items():

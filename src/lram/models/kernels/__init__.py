@@ -18,6 +18,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import torch
 from torch import nn
 
 _SOURCE = Path(__file__).with_name("mlstm_step_cpu.cpp")
@@ -33,6 +34,8 @@ def load_cpu_kernels(required: bool = False) -> bool:
 
     ``required=True`` raises a RuntimeError naming the cause instead of returning False."""
     global LOADED
+    if LOADED:  # the per-step fast path: no lock once the ops are registered
+        return True
     with _lock:
         if _status["loaded"] is None:
             _status["loaded"], _status["error"] = _build()
@@ -48,8 +51,6 @@ def load_cpu_kernels(required: bool = False) -> bool:
 def _build() -> tuple[bool, str | None]:
     if os.environ.get("LRAM_CPU_KERNELS", "1") == "0":
         return False, "disabled by LRAM_CPU_KERNELS=0"
-    import torch
-
     if hasattr(torch.ops, "lram") and hasattr(torch.ops.lram, "mlstm_block_step"):
         return True, None
     try:
@@ -85,8 +86,6 @@ def fused_step_applies(mode: str, x, state, param) -> bool:
     ``step_kernel``) allows it, CPU float32 tensors (``param``: a weight of the model), at most
     ``FUSED_MAX_TOKENS`` new tokens, contiguous float32 state tensors, no autograd, not inside
     ``torch.compile``; and the kernels load (``mode="fused"``: or raise)."""
-    import torch
-
     if mode == "torch" or x.device.type != "cpu" or x.shape[1] > FUSED_MAX_TOKENS:
         return False
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
