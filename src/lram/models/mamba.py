@@ -85,6 +85,9 @@ class MambaConfig:
     # inference step on the CPU: "auto" = the fused compiled kernel when it builds, else PyTorch ops;
     # "fused" = require it; "torch" = PyTorch ops only (see lram.models.kernels)
     step_kernel: str = "auto"
+    # training (forward + backward) on the CPU: "auto" = lram's fused CPU forward/backward kernels when they
+    # build (float32, no autocast), else PyTorch ops; "fused" = require them; "torch" = PyTorch ops only
+    train_kernel: str = "auto"
 
     def __post_init__(self):
         for name in ("d_model", "num_blocks", "d_state", "d_conv", "expand", "scan_chunk"):
@@ -95,6 +98,7 @@ class MambaConfig:
             raise ValueError(f"dt_min, dt_max: expected 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
         check_choice("kernel", self.kernel, KERNELS)
         check_choice("step_kernel", self.step_kernel, STEP_KERNELS)
+        check_choice("train_kernel", self.train_kernel, STEP_KERNELS)
 
     @property
     def d_inner(self) -> int:

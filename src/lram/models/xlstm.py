@@ -76,6 +76,9 @@ class XLSTMConfig:
     # inference step on the CPU: "auto" = the fused compiled kernel when it builds, else PyTorch ops;
     # "fused" = require the fused kernel; "torch" = PyTorch ops only (see lram.models.kernels)
     step_kernel: str = "auto"
+    # training (forward + backward) on the CPU: "auto" = lram's fused CPU forward/backward kernels when they
+    # build (float32, no autocast), else PyTorch ops; "fused" = require them; "torch" = PyTorch ops only
+    train_kernel: str = "auto"
 
     def __post_init__(self):
         self.slstm_at = sorted(int(i) for i in self.slstm_at)
@@ -90,8 +93,9 @@ class XLSTMConfig:
             raise ValueError(
                 f"mlstm_kernel: expected one of {list(MLSTM_KERNELS)} or 'mlstm_kernels:<name>', got {self.mlstm_kernel!r}"
             )
-        if self.step_kernel not in STEP_KERNELS:
-            raise ValueError(f"step_kernel: expected one of {list(STEP_KERNELS)}, got {self.step_kernel!r}")
+        for name in ("step_kernel", "train_kernel"):
+            if getattr(self, name) not in STEP_KERNELS:
+                raise ValueError(f"{name}: expected one of {list(STEP_KERNELS)}, got {getattr(self, name)!r}")
 
     @property
     def inner_dim(self) -> int:

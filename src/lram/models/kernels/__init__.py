@@ -1,12 +1,18 @@
-"""Optional compiled CPU kernels for inference steps, built on first use (PyTorch C++ extension, JIT).
+"""Optional compiled CPU kernels, built on first use (PyTorch C++ extension, JIT).
 
-``load_cpu_kernels()`` compiles ``mlstm_step_cpu.cpp`` once per machine (10-60 s; cached by PyTorch under
-``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``) and registers two ops:
-``torch.ops.lram.mlstm_block_step`` (a whole mLSTM block on a few new tokens, used by the xLSTM step) and
-``torch.ops.lram.linear_rows`` (a linear layer on a few rows that streams the weights once at near memory
-bandwidth, used by :class:`lram.models.layers.Linear` at inference once the ops are loaded).  Without a C++
-compiler it returns False and callers use PyTorch ops, which compute the same function.  Set
-``LRAM_CPU_KERNELS=0`` to never build them.
+``load_cpu_kernels()`` compiles every ``*.cpp`` file of this folder into one extension, once per machine
+(10-60 s; cached by PyTorch under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), and
+registers the ``torch.ops.lram`` ops:
+
+* inference steps (``mlstm_step_cpu.cpp``): ``mlstm_block_step`` (a whole mLSTM block on a few new
+  tokens), ``mamba_block_step``, and ``linear_rows`` (a linear layer on a few rows that streams the weights
+  once at near memory bandwidth, used by :class:`lram.models.layers.Linear` at inference);
+* training (forward and backward ops, wrapped in ``torch.autograd.Function`` s by the models): see the
+  other ``*_train_cpu.cpp`` files.
+
+Without a C++ compiler it returns False and callers use PyTorch ops, which compute the same function.
+Set ``LRAM_CPU_KERNELS=0`` to never build them.  Which path a model takes is its own setting
+(``step_kernel`` / ``train_kernel``: ``auto``, ``fused`` or ``torch``), never a process-wide switch.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-_SOURCE = Path(__file__).with_name("mlstm_step_cpu.cpp")
-STEP_KERNELS = ("auto", "fused", "torch")  # a backbone's step_kernel setting
+_SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
+STEP_KERNELS = ("auto", "fused", "torch")  # a backbone's step_kernel / train_kernel setting
 FUSED_MAX_TOKENS = 16  # the fused steps handle calls of up to this many new tokens per row
 _lock = threading.Lock()
 _status: dict[str, object] = {"loaded": None, "error": None}
@@ -58,7 +64,7 @@ def _build() -> tuple[bool, str | None]:
 
         cpp_extension.load(
             name=f"lram_cpu_kernels_{_cpu_tag()}",
-            sources=[str(_SOURCE)],
+            sources=[str(p) for p in _SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
@@ -95,6 +101,24 @@ def fused_step_applies(mode: str, x, state, param) -> bool:
     if not all(t.is_contiguous() and t.dtype == torch.float32 for t in state.tensors.values()):
         return False
     return load_cpu_kernels(required=mode == "fused")
+
+
+def fused_training_applies(mode: str, *tensors: torch.Tensor) -> bool:
+    """Whether a training computation on ``tensors`` runs on the fused CPU forward/backward kernels:
+    ``mode`` (the backbone's ``train_kernel``) allows it, every tensor is a CPU float32 tensor, no CPU
+    autocast is active and we are not inside ``torch.compile``; and the kernels load (``mode="fused"``:
+    or raise)."""
+    if mode == "torch" or torch.compiler.is_compiling() or exporting_graph():
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return False
+    return load_cpu_kernels(required=mode == "fused")
+
+
+def exporting_graph() -> bool:
+    return torch.compiler.is_exporting()
 
 
 # bumped whenever any module registers a parameter anywhere: invalidates cached weight lists (in-place
