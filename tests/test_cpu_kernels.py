@@ -48,9 +48,10 @@ def test_fused_step_equals_pytorch_step(config, batch, tokens):
         for t0 in (9, 9 + tokens):  # two consecutive calls: the in-place state update is read back correctly
             y_ref, s_ref = ref.step(x[:, t0 : t0 + tokens], s_ref)
             y_fused, s_fused = fused.step(x[:, t0 : t0 + tokens], s_fused)
-            assert rel_err(y_fused, y_ref) <= 1e-5
+            tol = 1e-5 if tokens <= 5 else 5e-5  # 16-token chunks: float32 summation order differs more
+            assert rel_err(y_fused, y_ref) <= tol
             for name, t in s_ref.tensors.items():
-                assert rel_err(s_fused.tensors[name], t) <= 1e-5, name
+                assert rel_err(s_fused.tensors[name], t) <= tol, name
 
 
 @pytest.mark.parametrize("kind,op", [("xlstm", "lram::mlstm_block_step"), ("mamba", "lram::mamba_block_step")])
