@@ -85,6 +85,7 @@ def test_checkpoint_evaluates_from_the_command_line(tmp_path, capsys):
     report = json.loads((tmp_path / "run" / "eval" / "step-00000007.json").read_text())
     row = report["domains"]["darkroom"]["tasks"][task]
     assert report["step"] == 7 and row["episodes"] == 3 and row["target_return"] == 90.0
+    assert report["domains"]["darkroom"]["in_context"] is True
     rand = random_policy_returns("darkroom", task, 3, seed=0)
     assert row["random_return_mean"] == pytest.approx(np.mean([r.total_return for r in rand]))
     assert row["normalised_score"] == pytest.approx((row["return_mean"] - row["random_return_mean"])
@@ -98,6 +99,7 @@ def test_checkpoint_evaluates_from_the_command_line(tmp_path, capsys):
     held = json.loads(out.read_text())["domains"]["darkroom"]["tasks"]["darkroom_1_8"]
     assert held["in_training_data"] is False and held["target_return"] == 90.0 and held["episodes"] == 2
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "heldout-tasks-1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the per-task page
     # bad requests name what is wrong
     for args, message in (([str(tmp_path / "run"), "--domains", "atari"], "'atari' is not in the checkpoint"),
                           ([str(tmp_path / "nothing")], "no checkpoint found"),

@@ -51,6 +51,12 @@ def _export(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _plot(argv: Sequence[str]) -> int:
+    from lram.evaluation.plots import main
+
+    return main(argv)
+
+
 def _serve(argv: Sequence[str]) -> int:
     from lram.serving.server import main
 
@@ -67,6 +73,7 @@ COMMANDS = {
     "demo": (_demo, "the main job on a CPU in minutes: data, training, scores, latency (writes demo/REPORT.md)"),
     "train": (_train, "train a policy from a YAML config (torchrun for DDP), or --resume a run"),
     "eval": (_eval, "evaluate a checkpoint online in its tasks' environments (returns, success, normalised scores)"),
+    "plot": (_plot, "plot a run's learning curves (RUN/metrics.jsonl) or an eval report again (summary + task pages)"),
     "export": (_export, "export a checkpoint's recurrent step to ONNX (dynamic batch, explicit state)"),
     "serve": (_serve, "serve a checkpoint over gRPC: sessions with their own recurrent state, one Act per step"),
     "bench": (_bench, "latency per environment step vs context length and the memory-bound floor"),

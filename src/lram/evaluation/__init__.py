@@ -3,7 +3,9 @@
 * :mod:`lram.evaluation.envs`: the environment of a (domain, task folder) pair, observations as in the data;
 * :mod:`lram.evaluation.rollout`: :func:`evaluate_task`, many environments of a task stepped together, one
   recurrent step per environment step, return-to-go conditioning, per-environment resets;
-* :mod:`lram.evaluation.evaluate`: a checkpoint in all its tasks, random baselines, normalised scores.
+* :mod:`lram.evaluation.evaluate`: a checkpoint in all its tasks, random baselines, normalised scores;
+* :mod:`lram.evaluation.plots`: report plots (per-domain mean / IQM with bootstrap CIs, per-task pages) and
+  learning curves of a run (``lram plot``).
 """
 
 from lram.evaluation.envs import ENV_BUILDERS, make_eval_env

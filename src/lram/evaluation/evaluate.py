@@ -21,7 +21,7 @@ import torch
 
 from lram.evaluation.envs import ENV_BUILDERS, make_eval_env
 from lram.evaluation.rollout import ActingSpec, EpisodeResult, evaluate_task, summarize
-from lram.utils.io import atomic_path, write_json_atomic
+from lram.utils.io import write_json_atomic
 
 
 def random_policy_returns(domain: str, task: str, episodes: int, seed: int = 0,
@@ -90,13 +90,20 @@ def evaluate_one(policy, entry: dict, task: str, target: float, *, episodes: int
     results = evaluate_task(policy, lambda i: make_eval_env(d, task, seed + i), ActingSpec.from_registry(entry),
                             episodes=episodes, target_return=target, num_envs=num_envs, seed=seed, max_steps=max_steps,
                             progress=progress, desc=f"{d}/{task}")
-    row = {"target_return": target, **summarize(results), "seconds": time.perf_counter() - t0,
+    rand = random_policy_returns(d, task, episodes, seed, max_steps) if random_baseline else None
+    return task_row(results, target, rand, task in entry["tasks"], time.perf_counter() - t0)
+
+
+def task_row(results: Sequence[EpisodeResult], target: float, random_results: Sequence[EpisodeResult] | None,
+             in_training_data: bool, seconds: float = 0.0) -> dict:
+    """A task's report row: the episodes' summary and details, and with a random baseline the normalised score."""
+    row = {"target_return": target, **summarize(results), "seconds": seconds,
            "episodes_detail": [r.to_dict() for r in results]}
-    if random_baseline:
-        rand = summarize(random_policy_returns(d, task, episodes, seed, max_steps))
+    if random_results is not None:
+        rand = summarize(random_results)
         row["random_return_mean"] = rand["return_mean"]
         row["normalised_score"] = normalised_score(row["return_mean"], rand["return_mean"], target)
-    row["in_training_data"] = task in entry["tasks"]
+    row["in_training_data"] = in_training_data
     return row
 
 
@@ -160,10 +167,21 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
             for (d, task), row in pool.imap_unordered(_worker_job, args):
                 rows[d, task] = row
                 bar.update(1)
-    report: dict = {"checkpoint": meta["path"], "step": meta["step"], "episodes": episodes, "seed": seed,
-                    "domains": {}}
-    for d, names in plan.items():
-        dom: dict = {"tasks": {task: rows[d, task] for task in names}}
+    report = assemble_report(meta["path"], meta["step"], episodes, seed,
+                             {d: (bool(registry[d].get("in_context", False)), {t: rows[d, t] for t in names})
+                              for d, names in plan.items()})
+    if out is not None:
+        write_json_atomic(out, report)
+    return report
+
+
+def assemble_report(checkpoint: str, step: int, episodes: int, seed: int,
+                    domains: dict[str, tuple[bool, dict[str, dict]]]) -> dict:
+    """The report from its task rows (``domains``: name -> (in_context, {task: row})): means per domain of
+    the normalised scores and success rates, and the mean over domains of the normalised scores."""
+    report: dict = {"checkpoint": checkpoint, "step": step, "episodes": episodes, "seed": seed, "domains": {}}
+    for d, (in_context, task_rows) in domains.items():
+        dom: dict = {"in_context": in_context, "tasks": dict(task_rows)}
         scores = [r["normalised_score"] for r in dom["tasks"].values() if r.get("normalised_score") is not None]
         dom["normalised_score"] = float(np.mean(scores)) if scores else None
         succ = [r["success_rate"] for r in dom["tasks"].values() if r["success_rate"] is not None]
@@ -171,8 +189,6 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
         report["domains"][d] = dom
     means = [v["normalised_score"] for v in report["domains"].values() if v["normalised_score"] is not None]
     report["normalised_score"] = float(np.mean(means)) if means else None
-    if out is not None:
-        write_json_atomic(out, report)
     return report
 
 
@@ -191,42 +207,14 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: dict, path: str | Path) -> Path:
-    """A PNG of the report: mean return per task (with the target and the random baseline), and the return of
-    every episode in order (in-context domains should rise from episode to episode).  Needs matplotlib."""
-    try:
-        import matplotlib
+def plot_report(report: dict, path: str | Path, *, tasks_per_page: int = 60, reps: int = 2000,
+                seed: int = 0) -> list[Path]:
+    """PNGs of the report: ``path`` (per-domain summary with 95% CIs, in-context view) and per-task pages
+    ``<stem>-tasks-<k>.png``; returns the paths, the summary first (:func:`lram.evaluation.plots.plot_report`).
+    Needs matplotlib (and rliable for the CIs)."""
+    from lram.evaluation.plots import plot_report as plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError("--plot needs matplotlib: pip install 'lram[plots]'") from e
-    rows = [(f"{d}/{t}", r) for d, dom in report["domains"].items() for t, r in dom["tasks"].items()]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8.0, 0.6 * len(rows) + 6), 4.5))
-    x = np.arange(len(rows))
-    ax1.bar(x, [r["return_mean"] for _, r in rows], yerr=[r["return_std"] for _, r in rows], color="tab:blue",
-            label="policy (mean, std)")
-    ax1.scatter(x, [r["target_return"] for _, r in rows], marker="_", s=400, color="black", label="target return")
-    if any("random_return_mean" in r for _, r in rows):
-        ax1.scatter(x, [r.get("random_return_mean", np.nan) for _, r in rows], marker="_", s=400, color="tab:red",
-                    label="random policy")
-    ax1.set_xticks(x, [name for name, _ in rows], rotation=60, ha="right", fontsize=7)
-    ax1.set_ylabel("episode return")
-    ax1.legend(fontsize=7)
-    for name, r in rows:
-        eps = r["episodes_detail"]
-        ax2.plot([e["episode"] for e in eps], [e["total_return"] for e in eps], marker=".", label=name)
-    ax2.set_xlabel("episode index")
-    ax2.set_ylabel("return")
-    if len(rows) <= 10:
-        ax2.legend(fontsize=7)
-    fig.suptitle(f"{report['checkpoint']} (step {report['step']})", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return plot(report, path, tasks_per_page=tasks_per_page, reps=reps, seed=seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None, help="cut episodes after this many steps")
     p.add_argument("--workers", type=int, default=1, help="processes the tasks are spread over (default: 1)")
     p.add_argument("--out", type=Path, default=None, help="JSON report (default: RUN/eval/step-<N>.json)")
-    p.add_argument("--plot", action="store_true", help="also write a PNG beside the JSON report (needs matplotlib)")
+    p.add_argument("--plot", action="store_true", help="also write PNGs beside the JSON report: NAME.png (per-domain "
+                   "mean and IQM with 95%% stratified-bootstrap CIs, in-context view) and NAME-tasks-K.png (per-task bars, "
+                   "60 a page); needs lram[plots] (matplotlib, rliable).  Learning curves: lram plot RUN")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
@@ -267,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}")
     if a.plot:
         try:
-            print(f"wrote {plot_report(report, Path(out).with_suffix('.png'))}")
+            for png in plot_report(report, Path(out).with_suffix(".png")):
+                print(f"wrote {png}")
         except ImportError as e:
             p.exit(2, f"lram eval: error: {e}\n")
     return 0
