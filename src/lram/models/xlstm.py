@@ -41,8 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lram.models.backbone import Backbone
-from lram.models.kernels import STEP_KERNELS, cached_step_arguments, fused_step_applies
+from lram.models.kernels import STEP_KERNELS, cached_step_arguments, fused_step_applies, fused_training_applies
+from lram.models.kernels import training as train_ops
 from lram.models.layers import Linear, exporting
+from lram.models.slstm_kernel import slstm_kernel_available, slstm_scan_fused
 from lram.models.state import RecurrentState
 
 M_EMPTY = -1.0e30  # stabiliser value of an empty memory (acts as -inf without inf arithmetic)
@@ -72,6 +74,7 @@ class XLSTMConfig:
     chunk_size: int = 64  # mLSTM chunkwise kernel: tokens per chunk
     segment_tokens: int = 2048  # longer sequences are processed in segments of this many tokens
     mlstm_kernel: str = "chunkwise"
+    parallel_max_tokens: int | None = None  # None: 2 x (head dim + chunk size); 0: always chunkwise
     eps: float = 1e-6  # mLSTM normaliser epsilon
     # inference step on the CPU: "auto" = the fused compiled kernel when it builds, else PyTorch ops;
     # "fused" = require the fused kernel; "torch" = PyTorch ops only (see lram.models.kernels)
@@ -196,6 +199,107 @@ def mlstm_recurrent(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: 
     return torch.stack(hs, 2), (C, n, m)
 
 
+class _MLSTMParallel(torch.autograd.Function):
+    """The mLSTM cell over a whole window from an empty memory, in its fully parallel (quadratic) form,
+    with a hand-written backward: ~10 passes over the [T, T] gate matrix and 6 batched products in all,
+    instead of autograd's record of the chunkwise form.  The stabiliser m_t = max_s log D[t, s] gets its
+    gradient exactly as autograd would give it (to the arg-max entry), so values and gradients equal the
+    chunkwise form's (tests)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, eps: float):
+        T, DH = q.shape[-2:]
+        scale = DH**-0.5
+        b = F.logsigmoid(f).cumsum(-1)
+        log_d = (b.unsqueeze(-1) - b.unsqueeze(-2)).add_(i.unsqueeze(-2))  # [B, NH, T(t), T(s)]
+        log_d.masked_fill_(_future_mask(T, q.device), float("-inf"))
+        m, arg = log_d.max(-1)
+        d = log_d.sub_(m.unsqueeze(-1)).exp_()  # stabilised decay (0 above the diagonal)
+        s_raw = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        s = s_raw * d
+        r = s.sum(-1)
+        em = torch.exp(-m)
+        den = torch.maximum(r.abs(), em) + eps
+        h = torch.matmul(s, v).div_(den.unsqueeze(-1))
+        ctx.save_for_backward(q, k, v, f, s, d, r, em, den, h, arg)
+        ctx.scale = scale
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh):
+        q, k, v, f, s, d, r, em, den, h, arg = ctx.saved_tensors
+        dnum = dh / den.unsqueeze(-1)
+        dden = -(dh * h).sum(-1) / den
+        by_r = r.abs() >= em  # which side of max(|r|, exp(-m)) the normaliser took
+        dr = torch.where(by_r, dden * torch.sign(r), 0.0)
+        dm = torch.where(by_r, 0.0, -dden * em)
+        ds = torch.matmul(dnum, v.transpose(-1, -2)).add_(dr.unsqueeze(-1))
+        dv = torch.matmul(s.transpose(-1, -2), dnum)
+        ds_raw = ds * d
+        dq = torch.matmul(ds_raw, k).mul_(ctx.scale)
+        dk = torch.matmul(ds_raw.transpose(-1, -2), q).mul_(ctx.scale)
+        dlog = ds.mul_(s)  # d loss / d log D[t, s] through D = exp(log D - m)
+        dm = dm - dlog.sum(-1)
+        dlog.scatter_add_(-1, arg.unsqueeze(-1), dm.unsqueeze(-1))  # m = max_s log D[t, s]
+        di = dlog.sum(-2)
+        dlf = (dlog.sum(-1) - di).flip(-1).cumsum(-1).flip(-1)  # log D[t, s] = b_t - b_s + i_s, b = cumsum
+        return dq, dk, dv, di, dlf * torch.sigmoid(-f), None
+
+
+class _MLSTMParallelFused(torch.autograd.Function):
+    """:class:`_MLSTMParallel` with its gate-matrix passes fused into two CPU kernels
+    (``lram::mlstm_gates_fwd`` / ``mlstm_gates_bwd``: the decay matrix, stabiliser, S = S_raw * D and its
+    row sums in one pass forward; (dS + dr) * D, the gate gradients and the stabiliser's in one pass
+    backward); the products stay batched matrix multiplies."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, eps: float):
+        B, NH, T, DH = q.shape
+        scale = DH**-0.5
+        qf, kf, vf = (t.reshape(B * NH, T, DH) for t in (q, k, v))
+        b = F.logsigmoid(f).cumsum(-1).reshape(B * NH, T)
+        s = torch.bmm(qf, kf.transpose(1, 2)).mul_(scale)
+        d, m, arg, r = torch.ops.lram.mlstm_gates_fwd(s, b, i.reshape(B * NH, T).contiguous())  # s <- S_raw * D
+        em = torch.exp(-m)
+        den = torch.maximum(r.abs(), em).add_(eps)
+        h = torch.bmm(s, vf).div_(den.unsqueeze(-1))
+        ctx.save_for_backward(qf, kf, vf, f, s, d, r, em, den, h, arg)
+        ctx.scale = scale
+        return h.view(B, NH, T, DH)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh):
+        qf, kf, vf, f, s, d, r, em, den, h, arg = ctx.saved_tensors
+        B, NH, T = f.shape
+        dh = dh.reshape(B * NH, T, -1)
+        dnum = dh / den.unsqueeze(-1)
+        dden = -(dh * h).sum(-1) / den
+        by_r = r.abs() >= em
+        dr = torch.where(by_r, dden * torch.sign(r), 0.0)
+        dm = torch.where(by_r, 0.0, -dden * em)
+        ds = torch.bmm(dnum, vf.transpose(1, 2))
+        dv = torch.bmm(s.transpose(1, 2), dnum)
+        ds_raw, di, db = torch.ops.lram.mlstm_gates_bwd(ds, s, d, dr, dm, arg)
+        dq = torch.bmm(ds_raw, kf).mul_(ctx.scale)
+        dk = torch.bmm(ds_raw.transpose(1, 2), qf).mul_(ctx.scale)
+        dlf = db.view(B, NH, T).flip(-1).cumsum(-1).flip(-1)
+        shape = (B, NH, T, -1)
+        return dq.view(shape), dk.view(shape), dv.view(shape), di.view(B, NH, T), dlf * torch.sigmoid(-f), None
+
+
+def mlstm_parallel(q, k, v, i, f, state: MLSTMState | None = None, chunk_size: int = 0, eps: float = 1e-6):
+    """mLSTM cell over a window from an **empty** memory (``state`` is ignored), fully parallel; returns no
+    final state.  The training form for windows up to a few hundred tokens (see ``parallel_max_tokens``)."""
+    return _MLSTMParallel.apply(q, k, v, i, f, eps), (None, None, None)
+
+
+def mlstm_parallel_fused(q, k, v, i, f, state: MLSTMState | None = None, chunk_size: int = 0, eps: float = 1e-6):
+    """:func:`mlstm_parallel` on lram's fused CPU gate kernels (float32, CPU)."""
+    return _MLSTMParallelFused.apply(q, k, v, i, f, eps), (None, None, None)
+
+
 @functools.cache
 def _future_mask(L: int, device: torch.device) -> torch.Tensor:
     """[L, L] True above the diagonal (s > t), cached per size: the step builds it once, not every call."""
@@ -303,39 +407,55 @@ def get_mlstm_kernel(name: str) -> Callable:
 
 # ============================================================================ building blocks
 class BlockDiagonalLinear(nn.Module):
-    """Block-diagonal projection without bias: features split in blocks, each mapped by its own matrix."""
+    """Block-diagonal projection without bias: features split in blocks, each mapped by its own matrix.
 
-    def __init__(self, features: int, num_blocks: int):
+    Many tokens on the CPU (training) go to lram's fused kernel (one vectorised pass forward and backward,
+    ``train_kernel``); otherwise one batched product over the blocks."""
+
+    def __init__(self, features: int, num_blocks: int, train_kernel: str = "auto"):
         super().__init__()
         self.num_blocks = num_blocks
+        self.train_kernel = train_kernel
         bs = features // num_blocks
         self.weight = nn.Parameter(torch.empty(num_blocks, bs, bs))  # [block, out, in]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if not exporting() and x.numel() <= 65536:  # few tokens (inference): one bmm over the blocks
-            xb = x.reshape(-1, self.num_blocks, self.weight.shape[-1]).transpose(0, 1)
-            return torch.bmm(xb, self.weight.transpose(1, 2)).transpose(0, 1).reshape(shape)
-        x = x.reshape(*shape[:-1], self.num_blocks, 1, -1)
-        return (x @ self.weight.transpose(-1, -2)).reshape(shape)
+        if exporting():
+            x = x.reshape(*shape[:-1], self.num_blocks, 1, -1)
+            return (x @ self.weight.transpose(-1, -2)).reshape(shape)
+        if (x.numel() > 65536 and fused_training_applies(self.train_kernel, x, self.weight)
+                and train_ops.available("block_diag_fwd")):
+            return train_ops.block_diagonal(x, self.weight)
+        xb = x.reshape(-1, self.num_blocks, self.weight.shape[-1]).transpose(0, 1)  # [blocks, N, s]
+        return torch.bmm(xb, self.weight.transpose(1, 2)).transpose(0, 1).reshape(shape)
 
 
 class CausalConv(nn.Module):
-    """Causal depthwise conv over time. State = the last (kernel - 1) inputs, so chunks continue exactly."""
+    """Causal depthwise conv over time (optionally followed by SiLU). State = the last (kernel - 1) inputs,
+    so chunks continue exactly.  Many tokens on the CPU (training) go to lram's fused conv + SiLU kernel
+    (``train_kernel``)."""
 
-    def __init__(self, channels: int, kernel: int):
+    def __init__(self, channels: int, kernel: int, train_kernel: str = "auto"):
         super().__init__()
         self.kernel = kernel
+        self.train_kernel = train_kernel
         self.conv = nn.Conv1d(channels, channels, kernel, groups=channels, bias=True)
 
-    def forward(self, x: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, conv_state: torch.Tensor, silu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T, C], conv_state [B, kernel-1, C] -> (y [B, T, C], new conv_state)."""
-        xs = torch.cat([conv_state.to(x.dtype), x], dim=1)
-        if x.shape[1] <= 8:  # a few tokens (inference): windows times taps, cheaper than a conv call
-            y = (xs.unfold(1, self.kernel, 1) * self.conv.weight.squeeze(1)).sum(-1) + self.conv.bias
+        K, T = self.kernel, x.shape[1]
+        conv_state = conv_state.to(x.dtype)
+        if T > 8 and fused_training_applies(self.train_kernel, x, self.conv.weight) and train_ops.available("causal_conv_fwd"):
+            y = train_ops.causal_conv(x, self.conv.weight.view(-1, K), self.conv.bias, conv_state, silu)
+            new_state = x[:, T - (K - 1) :] if T >= K - 1 else torch.cat([conv_state[:, T:], x], dim=1)
+            return y, new_state
+        xs = torch.cat([conv_state, x], dim=1)
+        if T <= 8:  # a few tokens (inference): windows times taps, cheaper than a conv call
+            y = (xs.unfold(1, K, 1) * self.conv.weight.squeeze(1)).sum(-1) + self.conv.bias
         else:
             y = self.conv(xs.transpose(1, 2)).transpose(1, 2)
-        return y, xs[:, -(self.kernel - 1) :]
+        return (F.silu(y) if silu else y), xs[:, -(K - 1) :]
 
 
 def multihead_norm(x: torch.Tensor, num_heads: int, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -356,11 +476,11 @@ class MLSTMLayer(nn.Module):
         self.inner = inner
         self.num_heads = nh
         self.up_proj = Linear(cfg.d_model, 2 * inner, bias=False)
-        self.conv = CausalConv(inner, cfg.conv_kernel)
+        self.conv = CausalConv(inner, cfg.conv_kernel, cfg.train_kernel)
         nblk = inner // cfg.qkv_block_size
-        self.q_proj = BlockDiagonalLinear(inner, nblk)
-        self.k_proj = BlockDiagonalLinear(inner, nblk)
-        self.v_proj = BlockDiagonalLinear(inner, nblk)
+        self.q_proj = BlockDiagonalLinear(inner, nblk, cfg.train_kernel)
+        self.k_proj = BlockDiagonalLinear(inner, nblk, cfg.train_kernel)
+        self.v_proj = BlockDiagonalLinear(inner, nblk, cfg.train_kernel)
         self.gates = Linear(3 * inner, 2 * nh)  # [input gates | forget gates] from [q, k, v]
         self.out_norm_weight = nn.Parameter(torch.ones(inner))
         self.skip = nn.Parameter(torch.ones(inner))
@@ -369,11 +489,18 @@ class MLSTMLayer(nn.Module):
     def forward(self, x: torch.Tensor, st: dict[str, torch.Tensor], chunk_size: int, kernel: Callable):
         B, T, _ = x.shape
         nh = self.num_heads
+        if (T > 16 and fused_training_applies(self.cfg.train_kernel, x, self.up_proj.weight)
+                and train_ops.available("mlstm_pre_fwd")):
+            return self._fused_forward(x, st, chunk_size, kernel)
         x_m, z = self.up_proj(x).chunk(2, dim=-1)
-        x_c, conv_state = self.conv(x_m, st["conv"])
-        x_c = F.silu(x_c)
+        x_c, conv_state = self.conv(x_m, st["conv"], silu=True)
         q, k, v = self.q_proj(x_c), self.k_proj(x_c), self.v_proj(x_m)
-        ig, fg = self.gates(torch.cat([q, k, v], dim=-1)).float().transpose(1, 2).chunk(2, dim=1)  # [B, NH, T]
+        if T <= 16:  # a few tokens: one product over [q, k, v]
+            gates = self.gates(torch.cat([q, k, v], dim=-1))
+        else:  # many tokens: the same product by parts, without copying q, k and v into one tensor
+            w_q, w_k, w_v = self.gates.weight.chunk(3, dim=1)
+            gates = F.linear(q, w_q, self.gates.bias) + F.linear(k, w_k) + F.linear(v, w_v)
+        ig, fg = gates.float().transpose(1, 2).chunk(2, dim=1)  # [B, NH, T]
 
         def heads(t):
             return t.reshape(B, T, nh, -1).transpose(1, 2).float()
@@ -383,6 +510,21 @@ class MLSTMLayer(nn.Module):
         h = multihead_norm(h, nh, self.out_norm_weight, self.cfg.norm_eps)
         y = self.down_proj(torch.addcmul(h, self.skip, x_c) * F.silu(z))
         return y, {"C": C, "n": n, "m": m, "conv": conv_state}
+
+    def _fused_forward(self, x: torch.Tensor, st: dict[str, torch.Tensor], chunk_size: int, kernel: Callable):
+        """The same layer for training windows on the CPU: everything between the two projections in two
+        fused ops around the cell (``lram::mlstm_pre_fwd`` / ``mlstm_post_fwd`` and their backwards), with
+        q, k, v in the cell's head-major layout, so no activation is copied or re-read op by op."""
+        K, T = self.cfg.conv_kernel, x.shape[1]
+        up = self.up_proj(x)
+        conv = self.conv.conv
+        q, k, v, x_c, ig, fg = train_ops.mlstm_pre(up, st["conv"].to(x.dtype), conv.weight.view(self.inner, K), conv.bias,
+                                                   self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
+                                                   self.gates.weight, self.gates.bias, self.num_heads)
+        h, (C, n, m) = kernel(q, k, v, ig, fg, (st["C"], st["n"], st["m"]), chunk_size, self.cfg.eps)
+        y = train_ops.mlstm_post(h, x_c, up, self.out_norm_weight, self.skip, self.cfg.norm_eps)
+        conv_state = up[:, T - (K - 1) :, : self.inner] if T >= K - 1 else None  # T > 16 here
+        return self.down_proj(y), {"C": C, "n": n, "m": m, "conv": conv_state}
 
     def init_state(self, batch_size: int, device) -> dict[str, torch.Tensor]:
         nh, dh = self.num_heads, self.inner // self.num_heads
@@ -423,7 +565,7 @@ class SLSTMLayer(nn.Module):
         D, nh = cfg.d_model, cfg.slstm_heads
         self.cfg = cfg
         self.num_heads = nh
-        self.conv = CausalConv(D, cfg.conv_kernel)
+        self.conv = CausalConv(D, cfg.conv_kernel, cfg.train_kernel)
         # head-wise gate projections; i and f read the conv branch, z and o the block input
         self.i_proj = BlockDiagonalLinear(D, nh)
         self.f_proj = BlockDiagonalLinear(D, nh)
@@ -438,10 +580,32 @@ class SLSTMLayer(nn.Module):
         nh = self.num_heads
         x_c, conv_state = self.conv(x, st["conv"])
         x_c = F.silu(x_c)
-        wx = torch.stack([self.i_proj(x_c), self.f_proj(x_c), self.z_proj(x), self.o_proj(x)], dim=2) + self.bias
-        h, cell = slstm_scan(wx.float().reshape(B, T, 4, nh, D // nh), self.recurrent.float(), st)
+        R = self.recurrent.float()
+        # CPU float32: the scan as one compiled call forward and one backward (lram.models.slstm_kernel)
+        if fused_training_applies(self.cfg.train_kernel, x, R, *(st[k] for k in "hcnm")) and slstm_kernel_available():
+            h, cell = slstm_scan_fused(self._gate_inputs(x_c, x), R, st)
+        else:
+            wx = torch.stack([self.i_proj(x_c), self.f_proj(x_c), self.z_proj(x), self.o_proj(x)], dim=2) + self.bias
+            h, cell = slstm_scan(wx.float().reshape(B, T, 4, nh, D // nh), R, st)
         y = multihead_norm(h.reshape(B, T, D).to(x.dtype), nh, self.out_norm_weight, self.cfg.norm_eps)
         return y, {**cell, "conv": conv_state}
+
+    def _gate_inputs(self, x_c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """wx [B, T, 4, NH, DH]: the four head-wise projections plus bias (the values of the PyTorch path) as
+        two batched products over the heads, [i | f] from the conv branch and [z | o] from the input."""
+        B, T, D = x.shape
+        nh, dh = self.num_heads, D // self.num_heads
+
+        def heads(t):  # [B, T, D] -> [NH, B * T, DH]
+            return t.reshape(B * T, nh, dh).transpose(0, 1)
+
+        def weights(a, b):  # two [NH, out, in] projections -> [NH, DH (in), 2 DH (out)]
+            return torch.cat([a.weight, b.weight], dim=1).transpose(1, 2)
+
+        bias = self.bias.view(4, nh, dh).transpose(0, 1).reshape(nh, 1, 4 * dh)
+        wx = torch.cat([torch.baddbmm(bias[..., : 2 * dh], heads(x_c), weights(self.i_proj, self.f_proj)),
+                        torch.baddbmm(bias[..., 2 * dh :], heads(x), weights(self.z_proj, self.o_proj))], dim=-1)
+        return wx.view(nh, B, T, 4, dh).permute(1, 2, 3, 0, 4)
 
     def init_state(self, batch_size: int, device) -> dict[str, torch.Tensor]:
         nh, dh = self.num_heads, self.cfg.d_model // self.num_heads
@@ -516,6 +680,16 @@ class XLSTMBackbone(Backbone):
     def state_fields(self) -> tuple[str, ...]:
         return ("d_model", "num_blocks", "slstm_at", "num_heads", "proj_factor", "conv_kernel", "slstm_heads")
 
+    @property
+    def parallel_max_tokens(self) -> int:
+        """Windows up to this many tokens (from an empty memory, final state not needed) run the mLSTM cell
+        in its parallel form: per token and head it costs ~2 T DH multiply-adds against ~2 DH^2 + 2 L DH
+        for chunks of L, and far fewer operations; ``XLSTMConfig.parallel_max_tokens`` overrides."""
+        cfg = self.config
+        if cfg.parallel_max_tokens is not None:
+            return cfg.parallel_max_tokens
+        return 2 * (cfg.inner_dim // cfg.num_heads + cfg.chunk_size)
+
     # ---------------------------------------------------------------- modes
     def _run(self, x, state: RecurrentState | None, chunk_size: int, kernel: Callable, return_state: bool):
         tensors = state.tensors if state is not None else self._init_state(x.shape[0], x.device)
@@ -530,7 +704,13 @@ class XLSTMBackbone(Backbone):
     def _forward(self, x, state, return_state):
         seg = self.config.segment_tokens
         if x.shape[1] <= seg:
-            return self._run(x, state, self.config.chunk_size, self.mlstm_kernel, return_state)
+            kernel = self.mlstm_kernel
+            if kernel is mlstm_chunkwise and state is None and not return_state and x.shape[1] <= self.parallel_max_tokens:
+                # training windows: no memory in or out, the parallel form is cheaper
+                fused = (fused_training_applies(self.config.train_kernel, x, self.post_norm.weight)
+                         and train_ops.available("mlstm_gates_fwd"))
+                kernel = mlstm_parallel_fused if fused else mlstm_parallel
+            return self._run(x, state, self.config.chunk_size, kernel, return_state)
         # long sequences (e.g. a prefill of a long history) go segment by segment, carrying the state:
         # the same function, with the per-chunk memory states bounded by the segment length
         ys = []

@@ -55,6 +55,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(groups: list[dict], lr: float, device: torch.device, betas=(0.9, 0.999), eps: float = 1e-8,
+                   sharded: bool = False) -> torch.optim.Optimizer:
+    """AdamW; its fused implementation (one pass over all parameters per step, on CPU and CUDA) unless the
+    parameters are sharded (FSDP), where the multi-tensor one is used."""
+    fused = not sharded and device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None, foreach=None if fused else True)
+
+
 def open_domains(cfg: Config) -> list[DomainData]:
     from lram.data.storage import open_dataset
 
@@ -205,8 +213,8 @@ class Trainer:
             for block in self.model.backbone.blocks:
                 fully_shard(block, mesh=mesh)
             fully_shard(self.model, mesh=mesh)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                           betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        self.optimizer = make_optimizer(param_groups(self.model, cfg.optim.weight_decay), cfg.optim.lr, self.device,
+                                        betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, sharded=self.fsdp)
         if ckpt is not None:
             self._restore(ckpt)
         self.ddp_model = self.model
@@ -425,4 +433,4 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Co
     return config_from_dict(apply_overrides(json.loads(path.read_text()), overrides or []))
 
 
-__all__ = ["Trainer", "TrajectoryBatch", "lr_at", "param_groups", "resume_config", "train"]
+__all__ = ["Trainer", "TrajectoryBatch", "lr_at", "make_optimizer", "param_groups", "resume_config", "train"]

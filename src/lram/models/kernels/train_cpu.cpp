@@ -1,0 +1,863 @@
+// Fused CPU training kernels (forward and backward) for the small, memory-bound parts of the recurrent
+// blocks, where a chain of PyTorch ops would read and write the activations many times:
+//
+// * block_diag_fwd / block_diag_bwd: the block-diagonal projections of the mLSTM (q, k, v; block size 4).
+//   y[n, b*bs + o] = sum_i W[b, o, i] x[n, b*bs + i] is computed as 2*bs - 1 shifted, contiguous
+//   multiply-adds over the feature axis (the "band" form: output j reads input j + d, d in [-(bs-1), bs-1]),
+//   which vectorises, instead of N * blocks tiny 4 x 4 products.
+// * causal_conv_fwd / causal_conv_bwd: the causal depthwise conv over time (kernel K, with the K-1 inputs
+//   before the window as an initial state) with an optional SiLU, as in the mLSTM, sLSTM and Mamba blocks.
+//   The backward recomputes the pre-activation instead of saving it.
+//
+// float32, CPU, contiguous inputs; parallel over rows with per-thread partial sums for weight gradients.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+// exp for vectorised loops: 2^k * p(r), k = round(x log2 e), |r| <= ln2 / 2, degree-6 polynomial
+// (relative error ~2e-7); x below -87 gives 0, x above 88 is taken as 88.  Branch-free, so `omp simd`
+// loops vectorise it.
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float kf = std::nearbyint(x * 1.44269504088896341f);
+  const float r = (x - kf * 0.693359375f) + kf * 2.12194440e-4f;
+  float p = 1.3888889e-3f;
+  p = p * r + 8.3333333e-3f;
+  p = p * r + 4.1666667e-2f;
+  p = p * r + 1.6666667e-1f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(kf) + 127) << 23;
+  const float scale = __builtin_bit_cast(float, bits);
+  return x <= -87.0f ? 0.0f : p * scale;
+}
+
+inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+
+void expect(bool ok, const char* op, const char* what) { TORCH_CHECK(ok, "lram::", op, ": ", what); }
+
+void expect_float(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
+  TORCH_CHECK(t.defined() && t.scalar_type() == at::kFloat && t.device().is_cpu() && t.dim() == dim,
+              "lram::", op, ": argument '", name, "' must be a float32 CPU tensor with ", dim, " dims, got ",
+              t.defined() ? t.toString() : std::string("undefined"), " of shape ", t.defined() ? t.sizes() : at::IntArrayRef{});
+}
+
+// band[d + bs - 1][j] = W[b, o, o + d] for output feature j = b*bs + o (0 where o + d is outside the block)
+std::vector<float> make_band(const float* W, int64_t nb, int64_t bs) {
+  const int64_t F = nb * bs, nd = 2 * bs - 1;
+  std::vector<float> band(nd * F, 0.0f);
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t o = 0; o < bs; ++o)
+      for (int64_t i = 0; i < bs; ++i) band[(i - o + bs - 1) * F + b * bs + o] = W[(b * bs + o) * bs + i];
+  return band;
+}
+
+// ------------------------------------------------------------------------------------------ block-diagonal
+at::Tensor block_diag_fwd(const at::Tensor& x_in, const at::Tensor& W_in) {
+  expect_float("block_diag_fwd", "W", W_in, 3);
+  const int64_t nb = W_in.size(0), bs = W_in.size(1), F = nb * bs;
+  expect(W_in.size(2) == bs, "block_diag_fwd", "W must be [blocks, bs, bs]");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.size(-1) == F, "lram::block_diag_fwd: argument 'x' must be float32 [..., ",
+              F, "], got ", x_in.sizes());
+  at::Tensor x = x_in.contiguous().view({-1, F});
+  const int64_t N = x.size(0);
+  at::Tensor y = at::empty_like(x);
+  const std::vector<float> band = make_band(W_in.contiguous().data_ptr<float>(), nb, bs);
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      const float* __restrict xr = xp + n * F;
+      float* __restrict yr = yp + n * F;
+      for (int64_t j = 0; j < F; ++j) yr[j] = 0.0f;
+      for (int64_t d = -(bs - 1); d < bs; ++d) {
+        const float* __restrict bd = band.data() + (d + bs - 1) * F;
+        const int64_t j0 = std::max<int64_t>(0, -d), j1 = std::min<int64_t>(F, F - d);
+#pragma omp simd
+        for (int64_t j = j0; j < j1; ++j) yr[j] += bd[j] * xr[j + d];
+      }
+    }
+  });
+  return y.view(x_in.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor> block_diag_bwd(const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& W_in) {
+  expect_float("block_diag_bwd", "W", W_in, 3);
+  const int64_t nb = W_in.size(0), bs = W_in.size(1), F = nb * bs, nd = 2 * bs - 1;
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.size(-1) == F && dy_in.sizes() == x_in.sizes() &&
+                  dy_in.scalar_type() == at::kFloat,
+              "lram::block_diag_bwd: arguments 'dy' and 'x' must be float32 of equal shape [..., ", F, "]");
+  at::Tensor x = x_in.contiguous().view({-1, F}), dy = dy_in.contiguous().view({-1, F});
+  const int64_t N = x.size(0);
+  at::Tensor dx = at::empty_like(x);
+  const std::vector<float> band = make_band(W_in.contiguous().data_ptr<float>(), nb, bs);
+  const float *xp = x.data_ptr<float>(), *gp = dy.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N));
+  std::vector<float> partial(threads * nd * F, 0.0f);  // d loss / d band, per thread
+  const int64_t per = (N + threads - 1) / threads;
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t th = t0; th < t1; ++th) {
+      float* __restrict acc = partial.data() + th * nd * F;
+      for (int64_t n = th * per; n < std::min(N, (th + 1) * per); ++n) {
+        const float* __restrict xr = xp + n * F;
+        const float* __restrict gr = gp + n * F;
+        float* __restrict dr = dxp + n * F;
+        for (int64_t j = 0; j < F; ++j) dr[j] = 0.0f;
+        for (int64_t d = -(bs - 1); d < bs; ++d) {
+          const float* __restrict bd = band.data() + (d + bs - 1) * F;
+          float* __restrict ad = acc + (d + bs - 1) * F;
+          const int64_t j0 = std::max<int64_t>(0, -d), j1 = std::min<int64_t>(F, F - d);
+#pragma omp simd
+          for (int64_t j = j0; j < j1; ++j) {
+            dr[j + d] += bd[j] * gr[j];  // y_j = sum_d band_d[j] x_{j+d}
+            ad[j] += gr[j] * xr[j + d];
+          }
+        }
+      }
+    }
+  });
+  at::Tensor dW = at::zeros(W_in.sizes(), W_in.options());
+  float* dWp = dW.data_ptr<float>();
+  for (int64_t th = 0; th < threads; ++th) {
+    const float* acc = partial.data() + th * nd * F;
+    for (int64_t b = 0; b < nb; ++b)
+      for (int64_t o = 0; o < bs; ++o)
+        for (int64_t i = 0; i < bs; ++i) dWp[(b * bs + o) * bs + i] += acc[(i - o + bs - 1) * F + b * bs + o];
+  }
+  return {dx.view(x_in.sizes()), dW};
+}
+
+// ------------------------------------------------------------------------------------------ causal conv
+// the K-1 inputs before x[b, t0] (from the state where t0 - K + 1 + k < 0): pointer to input row u of row b
+struct ConvInput {
+  const float* x;      // [B, T, C]
+  const float* state;  // [B, K-1, C] or nullptr (zeros)
+  int64_t T, C, K;
+  const float* row(int64_t b, int64_t u) const {  // u in [0, T + K - 1): index into cat(state, x)
+    if (u >= K - 1) return x + (b * T + (u - (K - 1))) * C;
+    return state ? state + (b * (K - 1) + u) * C : nullptr;
+  }
+};
+
+at::Tensor causal_conv_fwd(const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in,
+                           const std::optional<at::Tensor>& state_in, bool silu) {
+  expect_float("causal_conv_fwd", "x", x_in, 3);
+  expect_float("causal_conv_fwd", "weight", w_in, 2);
+  expect_float("causal_conv_fwd", "bias", bias_in, 1);
+  const int64_t B = x_in.size(0), T = x_in.size(1), C = x_in.size(2), K = w_in.size(1);
+  TORCH_CHECK(w_in.size(0) == C && bias_in.size(0) == C, "lram::causal_conv_fwd: 'weight' must be [", C,
+              ", K] and 'bias' [", C, "], got ", w_in.sizes(), " and ", bias_in.sizes());
+  at::Tensor state;
+  if (state_in.has_value() && state_in->defined()) {
+    expect_float("causal_conv_fwd", "state", *state_in, 3);
+    TORCH_CHECK(state_in->size(0) == B && state_in->size(1) == K - 1 && state_in->size(2) == C,
+                "lram::causal_conv_fwd: 'state' must be [", B, ", ", K - 1, ", ", C, "], got ", state_in->sizes());
+    state = state_in->contiguous();
+  }
+  at::Tensor x = x_in.contiguous(), wt = w_in.t().contiguous(), bias = bias_in.contiguous();  // wt [K, C]
+  at::Tensor y = at::empty_like(x);
+  const ConvInput in{x.data_ptr<float>(), state.defined() ? state.data_ptr<float>() : nullptr, T, C, K};
+  const float *wp = wt.data_ptr<float>(), *bp = bias.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, B * T, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T, t = r % T;
+      float* __restrict yr = yp + r * C;
+      for (int64_t c = 0; c < C; ++c) yr[c] = bp[c];
+      for (int64_t k = 0; k < K; ++k) {
+        const float* __restrict xr = in.row(b, t + k);
+        if (!xr) continue;
+        const float* __restrict wk = wp + k * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) yr[c] += wk[c] * xr[c];
+      }
+    }
+  });
+  if (silu) at::silu_(y);  // ATen's vectorised exponential
+  return y;
+}
+
+// returns dx [B, T, C], dweight [C, K], dbias [C], dstate [B, K-1, C] (undefined without a state)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv_bwd(
+    const at::Tensor& dy_in, const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& bias_in,
+    const std::optional<at::Tensor>& state_in, bool silu) {
+  expect_float("causal_conv_bwd", "dy", dy_in, 3);
+  expect_float("causal_conv_bwd", "x", x_in, 3);
+  TORCH_CHECK(dy_in.sizes() == x_in.sizes(), "lram::causal_conv_bwd: 'dy' must have the shape of 'x'");
+  const int64_t B = x_in.size(0), T = x_in.size(1), C = x_in.size(2), K = w_in.size(1);
+  at::Tensor state;
+  if (state_in.has_value() && state_in->defined()) state = state_in->contiguous();
+  at::Tensor x = x_in.contiguous(), wt = w_in.t().contiguous(), bias = bias_in.contiguous(), dy = dy_in.contiguous();
+  const ConvInput in{x.data_ptr<float>(), state.defined() ? state.data_ptr<float>() : nullptr, T, C, K};
+  const float *wp = wt.data_ptr<float>(), *bp = bias.data_ptr<float>();
+  // g = d loss / d pre-activation (recomputed through the SiLU)
+  at::Tensor g = silu ? at::empty_like(x) : dy;
+  if (silu) {  // pre-activation recomputed (K multiply-adds), its sigmoid through ATen's vectorised exp
+    at::Tensor pre = causal_conv_fwd(x, w_in, bias, state.defined() ? std::optional<at::Tensor>(state) : std::nullopt, false);
+    at::Tensor sig = at::sigmoid(pre);
+    const float *dyp = dy.data_ptr<float>(), *pp = pre.data_ptr<float>(), *sp = sig.data_ptr<float>();
+    float* gp = g.data_ptr<float>();
+    at::parallel_for(0, B * T * C, 4096, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) gp[i] = dyp[i] * sp[i] * (1.0f + pp[i] * (1.0f - sp[i]));
+    });
+  }
+  const float* gp = g.data_ptr<float>();
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor dstate = state.defined() ? at::empty_like(state) : at::Tensor();
+  float* dxp = dx.data_ptr<float>();
+  float* dsp = state.defined() ? dstate.data_ptr<float>() : nullptr;
+  // d cat(state, x)[u] = sum_k w[k] g[u - k], 0 <= u - k < T
+  const int64_t U = T + K - 1;
+  at::parallel_for(0, B * U, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / U, u = r % U;
+      float* __restrict out = u >= K - 1 ? dxp + (b * T + u - (K - 1)) * C : (dsp ? dsp + (b * (K - 1) + u) * C : nullptr);
+      if (!out) continue;
+      for (int64_t c = 0; c < C; ++c) out[c] = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t t = u - k;
+        if (t < 0 || t >= T) continue;
+        const float* __restrict gr = gp + (b * T + t) * C;
+        const float* __restrict wk = wp + k * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) out[c] += wk[c] * gr[c];
+      }
+    }
+  });
+  // weight and bias gradients: per-thread partial sums over rows
+  const int64_t rows = B * T;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  std::vector<float> partial(threads * (K + 1) * C, 0.0f);
+  const int64_t per = (rows + threads - 1) / threads;
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t th = t0; th < t1; ++th) {
+      float* __restrict acc = partial.data() + th * (K + 1) * C;
+      for (int64_t r = th * per; r < std::min(rows, (th + 1) * per); ++r) {
+        const int64_t b = r / T, t = r % T;
+        const float* __restrict gr = gp + r * C;
+        for (int64_t k = 0; k < K; ++k) {
+          const float* __restrict xr = in.row(b, t + k);
+          if (!xr) continue;
+          float* __restrict ak = acc + k * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) ak[c] += gr[c] * xr[c];
+        }
+        float* __restrict ab = acc + K * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) ab[c] += gr[c];
+      }
+    }
+  });
+  at::Tensor dw = at::zeros({C, K}, x.options()), db = at::zeros({C}, x.options());
+  float *dwp = dw.data_ptr<float>(), *dbp = db.data_ptr<float>();
+  for (int64_t th = 0; th < threads; ++th) {
+    const float* acc = partial.data() + th * (K + 1) * C;
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t c = 0; c < C; ++c) dwp[c * K + k] += acc[k * C + c];
+    for (int64_t c = 0; c < C; ++c) dbp[c] += acc[K * C + c];
+  }
+  return {dx, dw, db, dstate};
+}
+
+// ------------------------------------------------------------------------------------------ mLSTM cell
+
+// Forward gate pass of the parallel mLSTM cell for every head (rows of [H, T, T] matrices):
+// log D[t, s] = b_t - b_s + i_s (s <= t) with b = cumsum(log sigmoid f); m_t = max_s log D[t, s] is a prefix
+// maximum of a_s = i_s - b_s; D = exp(log D - m) (0 above the diagonal); S = S_raw * D in place; r_t = sum_s S.
+// Returns D, m, the arg-max index per row and r.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_gates_fwd(at::Tensor& s_raw, const at::Tensor& b_in,
+                                                                          const at::Tensor& i_in) {
+  expect_float("mlstm_gates_fwd", "s_raw", s_raw, 3);
+  expect_float("mlstm_gates_fwd", "b", b_in, 2);
+  expect_float("mlstm_gates_fwd", "i", i_in, 2);
+  const int64_t H = s_raw.size(0), T = s_raw.size(1);
+  TORCH_CHECK(s_raw.size(2) == T && s_raw.is_contiguous(), "lram::mlstm_gates_fwd: 's_raw' must be contiguous [H, T, T], got ",
+              s_raw.sizes());
+  TORCH_CHECK(b_in.size(0) == H && b_in.size(1) == T && i_in.sizes() == b_in.sizes(),
+              "lram::mlstm_gates_fwd: 'b' and 'i' must be [", H, ", ", T, "]");
+  at::Tensor b = b_in.contiguous(), i = i_in.contiguous();
+  at::Tensor d = at::empty_like(s_raw), m = at::empty_like(b), r = at::empty_like(b);
+  at::Tensor arg = at::empty({H, T}, b.options().dtype(at::kLong));
+  const float *bp = b.data_ptr<float>(), *ip = i.data_ptr<float>();
+  float *sp = s_raw.data_ptr<float>(), *dp = d.data_ptr<float>(), *mp = m.data_ptr<float>(), *rp = r.data_ptr<float>();
+  int64_t* ap = arg.data_ptr<int64_t>();
+  at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<float> a(T);
+    for (int64_t h = h0; h < h1; ++h) {
+      const float *bh = bp + h * T, *ih = ip + h * T;
+      for (int64_t s = 0; s < T; ++s) a[s] = ih[s] - bh[s];
+      float run = -INFINITY;
+      int64_t at_ = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        if (a[t] > run) { run = a[t]; at_ = t; }  // first maximum, as torch.max
+        mp[h * T + t] = bh[t] + run;
+        ap[h * T + t] = at_;
+        float* __restrict srow = sp + (h * T + t) * T;
+        float* __restrict drow = dp + (h * T + t) * T;
+        float acc = 0.0f;
+        const float* __restrict av = a.data();
+#pragma omp simd reduction(+ : acc)
+        for (int64_t s = 0; s <= t; ++s) {
+          const float dv = exp_approx(av[s] - run);
+          drow[s] = dv;
+          const float sv = srow[s] * dv;
+          srow[s] = sv;
+          acc += sv;
+        }
+        for (int64_t s = t + 1; s < T; ++s) drow[s] = srow[s] = 0.0f;
+        rp[h * T + t] = acc;
+      }
+    }
+  });
+  return {d, m, arg, r};
+}
+
+// Backward gate pass: with ds = d loss / d S (from the products), dr = d loss / d r and dm = d loss / d m
+// through the normaliser, returns d loss / d S_raw (= (ds + dr) * D), and the gradients of i and b
+// (d log D[t, s] = (ds + dr) * S, plus the stabiliser's gradient at each row's arg-max).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlstm_gates_bwd(const at::Tensor& ds_in, const at::Tensor& s_in,
+                                                               const at::Tensor& d_in, const at::Tensor& dr_in,
+                                                               const at::Tensor& dm_in, const at::Tensor& arg_in) {
+  expect_float("mlstm_gates_bwd", "ds", ds_in, 3);
+  expect_float("mlstm_gates_bwd", "s", s_in, 3);
+  expect_float("mlstm_gates_bwd", "d", d_in, 3);
+  expect_float("mlstm_gates_bwd", "dr", dr_in, 2);
+  expect_float("mlstm_gates_bwd", "dm", dm_in, 2);
+  const int64_t H = ds_in.size(0), T = ds_in.size(1);
+  TORCH_CHECK(s_in.sizes() == ds_in.sizes() && d_in.sizes() == ds_in.sizes() && ds_in.size(2) == T,
+              "lram::mlstm_gates_bwd: 'ds', 's' and 'd' must be [H, T, T] of equal shape");
+  TORCH_CHECK(dr_in.size(0) == H && dr_in.size(1) == T && dm_in.sizes() == dr_in.sizes() && arg_in.sizes() == dr_in.sizes() &&
+                  arg_in.scalar_type() == at::kLong,
+              "lram::mlstm_gates_bwd: 'dr', 'dm' and 'arg' (int64) must be [", H, ", ", T, "]");
+  at::Tensor ds = ds_in.contiguous(), s = s_in.contiguous(), d = d_in.contiguous();
+  at::Tensor dr = dr_in.contiguous(), dm = dm_in.contiguous(), arg = arg_in.contiguous();
+  at::Tensor ds_raw = at::empty_like(ds), di = at::empty_like(dr), db = at::empty_like(dr);
+  const float *dsp = ds.data_ptr<float>(), *sp = s.data_ptr<float>(), *dp = d.data_ptr<float>();
+  const float *drp = dr.data_ptr<float>(), *dmp = dm.data_ptr<float>();
+  const int64_t* ap = arg.data_ptr<int64_t>();
+  float *dsr = ds_raw.data_ptr<float>(), *dip = di.data_ptr<float>(), *dbp = db.data_ptr<float>();
+  at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<float> col(T);
+    for (int64_t h = h0; h < h1; ++h) {
+      std::fill(col.begin(), col.end(), 0.0f);
+      float* __restrict cv = col.data();
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t o = (h * T + t) * T;
+        const float* __restrict g = dsp + o;
+        const float* __restrict sv = sp + o;
+        const float* __restrict dv = dp + o;
+        float* __restrict out = dsr + o;
+        const float add = drp[h * T + t];
+        float row = 0.0f;
+#pragma omp simd reduction(+ : row)
+        for (int64_t s2 = 0; s2 <= t; ++s2) {
+          const float gg = g[s2] + add;
+          out[s2] = gg * dv[s2];
+          const float gl = gg * sv[s2];
+          row += gl;
+          cv[s2] += gl;
+        }
+        for (int64_t s2 = t + 1; s2 < T; ++s2) out[s2] = 0.0f;
+        // m_t = max_s log D[t, s]: its gradient (dm - row) goes to the arg-max entry; the row sum becomes dm
+        cv[ap[h * T + t]] += dmp[h * T + t] - row;
+        dbp[h * T + t] = dmp[h * T + t];
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        dip[h * T + t] = cv[t];
+        dbp[h * T + t] -= cv[t];
+      }
+    }
+  });
+  return {ds_raw, di, db};
+}
+
+// ------------------------------------------------------------------------------------------ mLSTM layer
+// The parts of an mLSTM layer between its two large projections, for training windows (many tokens):
+//
+//   pre:  up [B, T, 2I] (= [x_m | z])  ->  x_c = SiLU(causal conv(x_m)), q = BD_q(x_c), k = BD_k(x_c),
+//         v = BD_v(x_m) in head-major layout [B, NH, T, DH], and the gate pre-activations
+//         [i | f] = W_g [q, k, v] + b_g as [B, NH, T] each;
+//   post: h [B, NH, T, DH] (the cell's output) -> y = (LN_head(h) * w + skip * x_c) * SiLU(z)  [B, T, I]
+//
+// one pass over each token's features forward and backward (lram.models.xlstm.MLSTMLayer computes the same
+// with PyTorch ops).  Weight gradients are summed per thread, then added.
+
+// shared arguments of the pre pass
+struct PreArgs {
+  int64_t B, T, I, NH, DH, K, bs;
+  const float* up;      // [B, T, 2I]
+  const float* state;   // [B, K-1, I] or nullptr
+  const float* conv_w;  // [K, I] (transposed)
+  const float* conv_b;  // [I]
+  const float* band_q;  // [2bs-1, I] band forms of the block-diagonal weights
+  const float* band_k;
+  const float* band_v;
+  const float* gate_w;  // [2NH, 3I]
+  const float* gate_b;  // [2NH]
+  const float* xm(int64_t b, int64_t u) const {  // row u of cat(state, x_m) for batch row b
+    if (u >= K - 1) return up + (b * T + (u - (K - 1))) * 2 * I;
+    return state ? state + (b * (K - 1) + u) * I : nullptr;
+  }
+};
+
+// y = band . x over features (the block-diagonal product)
+inline void band_apply(const float* __restrict band, const float* __restrict x, float* __restrict y, int64_t F, int64_t bs) {
+  for (int64_t j = 0; j < F; ++j) y[j] = 0.0f;
+  for (int64_t d = -(bs - 1); d < bs; ++d) {
+    const float* __restrict bd = band + (d + bs - 1) * F;
+    const int64_t j0 = std::max<int64_t>(0, -d), j1 = std::min<int64_t>(F, F - d);
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) y[j] += bd[j] * x[j + d];
+  }
+}
+
+// dx += band^T . dy, and dband += dy (x) x (banded outer product)
+inline void band_backward(const float* __restrict band, const float* __restrict x, const float* __restrict dy,
+                          float* __restrict dx, float* __restrict dband, int64_t F, int64_t bs) {
+  for (int64_t d = -(bs - 1); d < bs; ++d) {
+    const float* __restrict bd = band + (d + bs - 1) * F;
+    float* __restrict ad = dband + (d + bs - 1) * F;
+    const int64_t j0 = std::max<int64_t>(0, -d), j1 = std::min<int64_t>(F, F - d);
+#pragma omp simd
+    for (int64_t j = j0; j < j1; ++j) {
+      dx[j + d] += bd[j] * dy[j];
+      ad[j] += dy[j] * x[j + d];
+    }
+  }
+}
+
+// conv pre-activation of row (b, t): pre = bias + sum_k w_k * xm[t + k]
+inline void conv_row(const PreArgs& a, int64_t b, int64_t t, float* __restrict pre) {
+  const int64_t I = a.I;
+  for (int64_t c = 0; c < I; ++c) pre[c] = a.conv_b[c];
+  for (int64_t k = 0; k < a.K; ++k) {
+    const float* __restrict xr = a.xm(b, t + k);
+    if (!xr) continue;
+    const float* __restrict wk = a.conv_w + k * I;
+#pragma omp simd
+    for (int64_t c = 0; c < I; ++c) pre[c] += wk[c] * xr[c];
+  }
+}
+
+void band_to_weight(const float* band, float* W, int64_t nb, int64_t bs) {  // W[b, o, i] += band[i - o][b*bs + o]
+  const int64_t F = nb * bs;
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t o = 0; o < bs; ++o)
+      for (int64_t i = 0; i < bs; ++i) W[(b * bs + o) * bs + i] += band[(i - o + bs - 1) * F + b * bs + o];
+}
+
+struct PreInputs {
+  at::Tensor up, state, conv_wt, conv_b, gate_w, gate_b;
+  std::vector<float> band_q, band_k, band_v;
+  PreArgs args;
+};
+
+PreInputs pre_inputs(const char* op, const at::Tensor& up, const std::optional<at::Tensor>& state, const at::Tensor& conv_w,
+                     const at::Tensor& conv_b, const at::Tensor& w_q, const at::Tensor& w_k, const at::Tensor& w_v,
+                     const at::Tensor& gate_w, const at::Tensor& gate_b, int64_t NH) {
+  expect_float(op, "up", up, 3);
+  expect_float(op, "conv_w", conv_w, 2);
+  expect_float(op, "conv_b", conv_b, 1);
+  expect_float(op, "w_q", w_q, 3);
+  expect_float(op, "w_k", w_k, 3);
+  expect_float(op, "w_v", w_v, 3);
+  expect_float(op, "gate_w", gate_w, 2);
+  expect_float(op, "gate_b", gate_b, 1);
+  PreInputs in;
+  const int64_t B = up.size(0), T = up.size(1), I = up.size(2) / 2, K = conv_w.size(1);
+  const int64_t nb = w_q.size(0), bs = w_q.size(1);
+  TORCH_CHECK(up.size(2) == 2 * I && NH > 0 && I % NH == 0, "lram::", op, ": 'up' must be [B, T, 2I] with I divisible by ", NH,
+              " heads, got ", up.sizes());
+  TORCH_CHECK(conv_w.size(0) == I && conv_b.size(0) == I, "lram::", op, ": 'conv_w' must be [", I, ", K] and 'conv_b' [", I, "]");
+  for (const at::Tensor* w : {&w_q, &w_k, &w_v})
+    TORCH_CHECK(w->size(0) == nb && w->size(1) == bs && w->size(2) == bs && nb * bs == I, "lram::", op,
+                ": 'w_q', 'w_k', 'w_v' must be [blocks, bs, bs] with blocks * bs = ", I);
+  TORCH_CHECK(gate_w.size(0) == 2 * NH && gate_w.size(1) == 3 * I && gate_b.size(0) == 2 * NH, "lram::", op,
+              ": 'gate_w' must be [", 2 * NH, ", ", 3 * I, "] and 'gate_b' [", 2 * NH, "]");
+  in.up = up.contiguous();
+  if (state.has_value() && state->defined()) {
+    expect_float(op, "state", *state, 3);
+    TORCH_CHECK(state->size(0) == B && state->size(1) == K - 1 && state->size(2) == I, "lram::", op, ": 'state' must be [", B,
+                ", ", K - 1, ", ", I, "], got ", state->sizes());
+    in.state = state->contiguous();
+  }
+  in.conv_wt = conv_w.t().contiguous();
+  in.conv_b = conv_b.contiguous();
+  in.gate_w = gate_w.contiguous();
+  in.gate_b = gate_b.contiguous();
+  in.band_q = make_band(w_q.contiguous().data_ptr<float>(), nb, bs);
+  in.band_k = make_band(w_k.contiguous().data_ptr<float>(), nb, bs);
+  in.band_v = make_band(w_v.contiguous().data_ptr<float>(), nb, bs);
+  in.args = PreArgs{B, T, I, NH, I / NH, K, bs, in.up.data_ptr<float>(), in.state.defined() ? in.state.data_ptr<float>() : nullptr,
+                    in.conv_wt.data_ptr<float>(), in.conv_b.data_ptr<float>(), in.band_q.data(), in.band_k.data(),
+                    in.band_v.data(), in.gate_w.data_ptr<float>(), in.gate_b.data_ptr<float>()};
+  return in;
+}
+
+// returns q, k, v [B, NH, T, DH], x_c [B, T, I], i_gate, f_gate [B, NH, T]
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_pre_fwd(
+    const at::Tensor& up_in, const std::optional<at::Tensor>& state_in, const at::Tensor& conv_w, const at::Tensor& conv_b,
+    const at::Tensor& w_q, const at::Tensor& w_k, const at::Tensor& w_v, const at::Tensor& gate_w, const at::Tensor& gate_b,
+    int64_t NH) {
+  PreInputs in = pre_inputs("mlstm_pre_fwd", up_in, state_in, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, NH);
+  const PreArgs& a = in.args;
+  const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH;
+  auto opts = in.up.options();
+  at::Tensor q = at::empty({B, NH, T, DH}, opts), k = at::empty_like(q), v = at::empty_like(q);
+  at::Tensor xc = at::empty({B, T, I}, opts), ig = at::empty({B, NH, T}, opts), fg = at::empty_like(ig);
+  float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>(), *xcp = xc.data_ptr<float>();
+  float *igp = ig.data_ptr<float>(), *fgp = fg.data_ptr<float>();
+  at::parallel_for(0, B * T, 4, [&](int64_t r0, int64_t r1) {
+    std::vector<float> buf(3 * I);
+    float *qr = buf.data(), *kr = qr + I, *vr = kr + I;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T, t = r % T;
+      float* __restrict x = xcp + r * I;
+      conv_row(a, b, t, x);
+#pragma omp simd
+      for (int64_t c = 0; c < I; ++c) x[c] = x[c] * sigmoid_approx(x[c]);
+      band_apply(a.band_q, x, qr, I, a.bs);
+      band_apply(a.band_k, x, kr, I, a.bs);
+      band_apply(a.band_v, a.up + r * 2 * I, vr, I, a.bs);
+      for (int64_t j = 0; j < 2 * NH; ++j) {
+        const float* __restrict w = a.gate_w + j * 3 * I;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t c = 0; c < 3 * I; ++c) acc += w[c] * buf[c];
+        (j < NH ? igp : fgp)[(b * NH + j % NH) * T + t] = acc + a.gate_b[j];
+      }
+      for (int64_t h = 0; h < NH; ++h) {
+        const int64_t o = ((b * NH + h) * T + t) * DH;
+        std::copy(qr + h * DH, qr + (h + 1) * DH, qp + o);
+        std::copy(kr + h * DH, kr + (h + 1) * DH, kp + o);
+        std::copy(vr + h * DH, vr + (h + 1) * DH, vp + o);
+      }
+    }
+  });
+  return {q, k, v, xc, ig, fg};
+}
+
+// Gradients of the pre pass.  dq, dk, dv [B, NH, T, DH]; dxc [B, T, I] (x_c's gradient from the post pass);
+// dig, dfg [B, NH, T]; q, k, v, xc: the forward outputs.  Returns d_up [B, T, 2I] (the z half zero), d_state
+// (undefined without a state), d_conv_w [I, K], d_conv_b, d_w_q, d_w_k, d_w_v, d_gate_w, d_gate_b.
+std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor& dk_in, const at::Tensor& dv_in,
+                                      const at::Tensor& dxc_in, const at::Tensor& dig_in, const at::Tensor& dfg_in,
+                                      const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                      const at::Tensor& xc_in, const at::Tensor& up_in, const std::optional<at::Tensor>& state_in,
+                                      const at::Tensor& conv_w, const at::Tensor& conv_b, const at::Tensor& w_q,
+                                      const at::Tensor& w_k, const at::Tensor& w_v, const at::Tensor& gate_w,
+                                      const at::Tensor& gate_b, int64_t NH) {
+  PreInputs in = pre_inputs("mlstm_pre_bwd", up_in, state_in, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, NH);
+  const PreArgs& a = in.args;
+  const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH, K = a.K, bs = a.bs, nd = 2 * bs - 1, G = 2 * NH;
+  for (const at::Tensor* t : {&dq_in, &dk_in, &dv_in, &q_in, &k_in, &v_in})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 4 && t->size(0) == B && t->size(1) == NH && t->size(2) == T &&
+                    t->size(3) == DH,
+                "lram::mlstm_pre_bwd: q, k, v and their gradients must be float32 [", B, ", ", NH, ", ", T, ", ", DH, "]");
+  TORCH_CHECK(dxc_in.sizes() == xc_in.sizes() && xc_in.size(0) == B && xc_in.size(1) == T && xc_in.size(2) == I,
+              "lram::mlstm_pre_bwd: 'dxc' and 'xc' must be [", B, ", ", T, ", ", I, "]");
+  TORCH_CHECK(dig_in.size(0) == B && dig_in.size(1) == NH && dig_in.size(2) == T && dfg_in.sizes() == dig_in.sizes(),
+              "lram::mlstm_pre_bwd: 'dig' and 'dfg' must be [", B, ", ", NH, ", ", T, "]");
+  at::Tensor dq = dq_in.contiguous(), dk = dk_in.contiguous(), dv = dv_in.contiguous(), dxc = dxc_in.contiguous();
+  at::Tensor dig = dig_in.contiguous(), dfg = dfg_in.contiguous();
+  at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), xc = xc_in.contiguous();
+  auto opts = in.up.options();
+  at::Tensor d_up = at::empty({B, T, 2 * I}, opts), dpre = at::empty({B, T, I}, opts);
+  const float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+  const float *dxcp = dxc.data_ptr<float>(), *digp = dig.data_ptr<float>(), *dfgp = dfg.data_ptr<float>();
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>(), *xcp = xc.data_ptr<float>();
+  float *dup = d_up.data_ptr<float>(), *dprep = dpre.data_ptr<float>();
+  const int64_t rows = B * T;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t per = (rows + threads - 1) / threads;
+  // per thread: d gate_w [G, 3I], d gate_b [G], d bands [3, nd, I], d conv_w [K, I], d conv_b [I]
+  const int64_t part = G * 3 * I + G + 3 * nd * I + (K + 1) * I;
+  std::vector<float> partial(threads * part, 0.0f);
+  // pass 1: per token, everything up to the conv pre-activation's gradient
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf(7 * I);
+    float *qr = buf.data(), *kr = qr + I, *vr = kr + I;        // forward values [q | k | v]
+    float *dqr = vr + I, *dkr = dqr + I, *dvr = dkr + I;       // their gradients
+    float* pre = dvr + I;
+    for (int64_t th = t0; th < t1; ++th) {
+      float* acc = partial.data() + th * part;
+      float *dgw = acc, *dgb = dgw + G * 3 * I, *dbq = dgb + G, *dbk = dbq + nd * I, *dbv = dbk + nd * I;
+      for (int64_t r = th * per; r < std::min(rows, (th + 1) * per); ++r) {
+        const int64_t b = r / T, t = r % T;
+        for (int64_t h = 0; h < NH; ++h) {
+          const int64_t o = ((b * NH + h) * T + t) * DH;
+          std::copy(qp + o, qp + o + DH, qr + h * DH);
+          std::copy(kp + o, kp + o + DH, kr + h * DH);
+          std::copy(vp + o, vp + o + DH, vr + h * DH);
+          std::copy(dqp + o, dqp + o + DH, dqr + h * DH);
+          std::copy(dkp + o, dkp + o + DH, dkr + h * DH);
+          std::copy(dvp + o, dvp + o + DH, dvr + h * DH);
+        }
+        // gates: [i | f] = W_g [q, k, v] + b_g
+        for (int64_t j = 0; j < G; ++j) {
+          const float g = (j < NH ? digp : dfgp)[(b * NH + j % NH) * T + t];
+          const float* __restrict w = a.gate_w + j * 3 * I;
+          float* __restrict dw = dgw + j * 3 * I;
+          float* __restrict dqkv = dqr;  // dq, dk, dv are contiguous in buf
+#pragma omp simd
+          for (int64_t c = 0; c < 3 * I; ++c) {
+            dqkv[c] += g * w[c];
+            dw[c] += g * buf[c];
+          }
+          dgb[j] += g;
+        }
+        // block-diagonal projections: q, k from x_c, v from x_m
+        const float* __restrict x = xcp + r * I;
+        const float* __restrict xm = a.up + r * 2 * I;
+        float* __restrict dx = dprep + r * I;  // first d x_c, then d pre-activation
+        std::copy(dxcp + r * I, dxcp + (r + 1) * I, dx);
+        band_backward(a.band_q, x, dqr, dx, dbq, I, bs);
+        band_backward(a.band_k, x, dkr, dx, dbk, I, bs);
+        float* __restrict dxm = dup + r * 2 * I;
+        for (int64_t c = 0; c < 2 * I; ++c) dxm[c] = 0.0f;
+        band_backward(a.band_v, xm, dvr, dxm, dbv, I, bs);
+        // SiLU of the conv: d pre = d x_c * silu'(pre)
+        conv_row(a, b, t, pre);
+#pragma omp simd
+        for (int64_t c = 0; c < I; ++c) {
+          const float s = sigmoid_approx(pre[c]);
+          dx[c] *= s * (1.0f + pre[c] * (1.0f - s));
+        }
+      }
+    }
+  });
+  // pass 2: the conv's gradients: d cat(state, x_m)[u] = sum_k w_k dpre[u - k]; d w_k = sum_t dpre[t] xs[t + k]
+  at::Tensor d_state = in.state.defined() ? at::empty_like(in.state) : at::Tensor();
+  float* dsp = in.state.defined() ? d_state.data_ptr<float>() : nullptr;
+  const int64_t U = T + K - 1;
+  at::parallel_for(0, B * U, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / U, u = r % U;
+      float* __restrict out = u >= K - 1 ? dup + (b * T + u - (K - 1)) * 2 * I : (dsp ? dsp + (b * (K - 1) + u) * I : nullptr);
+      if (!out) continue;
+      if (u < K - 1)
+        for (int64_t c = 0; c < I; ++c) out[c] = 0.0f;
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const int64_t t = u - kk;
+        if (t < 0 || t >= T) continue;
+        const float* __restrict g = dprep + (b * T + t) * I;
+        const float* __restrict wk = a.conv_w + kk * I;
+#pragma omp simd
+        for (int64_t c = 0; c < I; ++c) out[c] += wk[c] * g[c];
+      }
+    }
+  });
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t th = t0; th < t1; ++th) {
+      float* acc = partial.data() + th * part + G * 3 * I + G + 3 * nd * I;
+      for (int64_t r = th * per; r < std::min(rows, (th + 1) * per); ++r) {
+        const int64_t b = r / T, t = r % T;
+        const float* __restrict g = dprep + r * I;
+        for (int64_t kk = 0; kk < K; ++kk) {
+          const float* __restrict xr = a.xm(b, t + kk);
+          if (!xr) continue;
+          float* __restrict ak = acc + kk * I;
+#pragma omp simd
+          for (int64_t c = 0; c < I; ++c) ak[c] += g[c] * xr[c];
+        }
+        float* __restrict ab = acc + K * I;
+#pragma omp simd
+        for (int64_t c = 0; c < I; ++c) ab[c] += g[c];
+      }
+    }
+  });
+  // sum the per-thread partials
+  for (int64_t th = 1; th < threads; ++th) {
+    const float* src = partial.data() + th * part;
+    float* dst = partial.data();
+    for (int64_t j = 0; j < part; ++j) dst[j] += src[j];
+  }
+  const float* acc = partial.data();
+  at::Tensor d_gate_w = at::from_blob(const_cast<float*>(acc), {G, 3 * I}, opts).clone();
+  at::Tensor d_gate_b = at::from_blob(const_cast<float*>(acc + G * 3 * I), {G}, opts).clone();
+  const float* bands = acc + G * 3 * I + G;
+  const int64_t nb = I / bs;
+  at::Tensor d_wq = at::zeros({nb, bs, bs}, opts), d_wk = at::zeros_like(d_wq), d_wv = at::zeros_like(d_wq);
+  band_to_weight(bands, d_wq.data_ptr<float>(), nb, bs);
+  band_to_weight(bands + nd * I, d_wk.data_ptr<float>(), nb, bs);
+  band_to_weight(bands + 2 * nd * I, d_wv.data_ptr<float>(), nb, bs);
+  const float* conv = bands + 3 * nd * I;
+  at::Tensor d_conv_w = at::from_blob(const_cast<float*>(conv), {K, I}, opts).t().contiguous();
+  at::Tensor d_conv_b = at::from_blob(const_cast<float*>(conv + K * I), {I}, opts).clone();
+  return {d_up, d_state, d_conv_w, d_conv_b, d_wq, d_wk, d_wv, d_gate_w, d_gate_b};
+}
+
+// post: y = (LN_head(h) * w + skip * x_c) * SiLU(z).  h [B, NH, T, DH], xc [B, T, I], up [B, T, 2I] (z = up[..., I:]).
+// Returns y [B, T, I] and the per-head mean and 1/std [B, T, NH] (for the backward).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlstm_post_fwd(const at::Tensor& h_in, const at::Tensor& xc_in,
+                                                              const at::Tensor& up_in, const at::Tensor& w_in,
+                                                              const at::Tensor& skip_in, double eps) {
+  expect_float("mlstm_post_fwd", "h", h_in, 4);
+  expect_float("mlstm_post_fwd", "xc", xc_in, 3);
+  expect_float("mlstm_post_fwd", "up", up_in, 3);
+  const int64_t B = h_in.size(0), NH = h_in.size(1), T = h_in.size(2), DH = h_in.size(3), I = NH * DH;
+  TORCH_CHECK(xc_in.size(0) == B && xc_in.size(1) == T && xc_in.size(2) == I && up_in.size(0) == B && up_in.size(1) == T &&
+                  up_in.size(2) == 2 * I,
+              "lram::mlstm_post_fwd: 'xc' must be [", B, ", ", T, ", ", I, "] and 'up' [", B, ", ", T, ", ", 2 * I, "]");
+  TORCH_CHECK(w_in.numel() == I && skip_in.numel() == I, "lram::mlstm_post_fwd: 'w' and 'skip' must have ", I, " entries");
+  at::Tensor h = h_in.contiguous(), xc = xc_in.contiguous(), up = up_in.contiguous(), w = w_in.contiguous(), skip = skip_in.contiguous();
+  auto opts = h.options();
+  at::Tensor y = at::empty({B, T, I}, opts), mean = at::empty({B, T, NH}, opts), rstd = at::empty_like(mean);
+  const float *hp = h.data_ptr<float>(), *xcp = xc.data_ptr<float>(), *upp = up.data_ptr<float>();
+  const float *wp = w.data_ptr<float>(), *sp = skip.data_ptr<float>();
+  float *yp = y.data_ptr<float>(), *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+  const float feps = static_cast<float>(eps);
+  at::parallel_for(0, B * T, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / T, t = r % T;
+      float* __restrict yr = yp + r * I;
+      for (int64_t hh = 0; hh < NH; ++hh) {
+        const float* __restrict hv = hp + ((b * NH + hh) * T + t) * DH;
+        float mu = 0.0f, var = 0.0f;
+#pragma omp simd reduction(+ : mu)
+        for (int64_t c = 0; c < DH; ++c) mu += hv[c];
+        mu /= DH;
+#pragma omp simd reduction(+ : var)
+        for (int64_t c = 0; c < DH; ++c) var += (hv[c] - mu) * (hv[c] - mu);
+        const float rs = 1.0f / std::sqrt(var / DH + feps);
+        mp[r * NH + hh] = mu;
+        rp[r * NH + hh] = rs;
+#pragma omp simd
+        for (int64_t c = 0; c < DH; ++c) yr[hh * DH + c] = (hv[c] - mu) * rs;
+      }
+      const float* __restrict x = xcp + r * I;
+      const float* __restrict z = upp + r * 2 * I + I;
+#pragma omp simd
+      for (int64_t c = 0; c < I; ++c) yr[c] = (yr[c] * wp[c] + sp[c] * x[c]) * (z[c] * sigmoid_approx(z[c]));
+    }
+  });
+  return {y, mean, rstd};
+}
+
+// Gradients of the post pass: returns dh [B, NH, T, DH], dxc [B, T, I], d_up [B, T, 2I] (the x_m half zero),
+// dw [I], dskip [I].
+std::vector<at::Tensor> mlstm_post_bwd(const at::Tensor& dy_in, const at::Tensor& h_in, const at::Tensor& xc_in,
+                                       const at::Tensor& up_in, const at::Tensor& w_in, const at::Tensor& skip_in,
+                                       const at::Tensor& mean_in, const at::Tensor& rstd_in) {
+  expect_float("mlstm_post_bwd", "dy", dy_in, 3);
+  expect_float("mlstm_post_bwd", "h", h_in, 4);
+  const int64_t B = h_in.size(0), NH = h_in.size(1), T = h_in.size(2), DH = h_in.size(3), I = NH * DH;
+  TORCH_CHECK(dy_in.size(0) == B && dy_in.size(1) == T && dy_in.size(2) == I && xc_in.sizes() == dy_in.sizes() &&
+                  up_in.size(2) == 2 * I && mean_in.size(2) == NH && rstd_in.sizes() == mean_in.sizes(),
+              "lram::mlstm_post_bwd: 'dy', 'xc' [B, T, I], 'up' [B, T, 2I], 'mean', 'rstd' [B, T, NH] expected");
+  at::Tensor dy = dy_in.contiguous(), h = h_in.contiguous(), xc = xc_in.contiguous(), up = up_in.contiguous();
+  at::Tensor w = w_in.contiguous(), skip = skip_in.contiguous(), mean = mean_in.contiguous(), rstd = rstd_in.contiguous();
+  auto opts = h.options();
+  at::Tensor dh = at::empty_like(h), dxc = at::empty_like(xc), d_up = at::empty({B, T, 2 * I}, opts);
+  const float *dyp = dy.data_ptr<float>(), *hp = h.data_ptr<float>(), *xcp = xc.data_ptr<float>(), *upp = up.data_ptr<float>();
+  const float *wp = w.data_ptr<float>(), *sp = skip.data_ptr<float>(), *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+  float *dhp = dh.data_ptr<float>(), *dxcp = dxc.data_ptr<float>(), *dup = d_up.data_ptr<float>();
+  const int64_t rows = B * T;
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t per = (rows + threads - 1) / threads;
+  std::vector<float> partial(threads * 2 * I, 0.0f);  // dw, dskip per thread
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> buf(2 * I);
+    float *hn = buf.data(), *dhn = hn + I;
+    for (int64_t th = t0; th < t1; ++th) {
+      float *dw = partial.data() + th * 2 * I, *dsk = dw + I;
+      for (int64_t r = th * per; r < std::min(rows, (th + 1) * per); ++r) {
+        const int64_t b = r / T, t = r % T;
+        for (int64_t hh = 0; hh < NH; ++hh) {
+          const float* __restrict hv = hp + ((b * NH + hh) * T + t) * DH;
+          const float mu = mp[r * NH + hh], rs = rp[r * NH + hh];
+#pragma omp simd
+          for (int64_t c = 0; c < DH; ++c) hn[hh * DH + c] = (hv[c] - mu) * rs;
+        }
+        const float* __restrict g = dyp + r * I;
+        const float* __restrict x = xcp + r * I;
+        const float* __restrict z = upp + r * 2 * I + I;
+        float* __restrict dz = dup + r * 2 * I + I;
+        float* __restrict dx = dxcp + r * I;
+        float* __restrict dxm = dup + r * 2 * I;
+#pragma omp simd
+        for (int64_t c = 0; c < I; ++c) {
+          const float sg = sigmoid_approx(z[c]);
+          const float a = hn[c] * wp[c] + sp[c] * x[c];
+          dz[c] = g[c] * a * sg * (1.0f + z[c] * (1.0f - sg));
+          const float da = g[c] * z[c] * sg;
+          dsk[c] += da * x[c];
+          dx[c] = da * sp[c];
+          dw[c] += da * hn[c];
+          dhn[c] = da * wp[c];
+          dxm[c] = 0.0f;
+        }
+        for (int64_t hh = 0; hh < NH; ++hh) {  // layer-norm backward per head
+          const float* __restrict hnh = hn + hh * DH;
+          const float* __restrict dhh = dhn + hh * DH;
+          float m1 = 0.0f, m2 = 0.0f;
+#pragma omp simd reduction(+ : m1, m2)
+          for (int64_t c = 0; c < DH; ++c) {
+            m1 += dhh[c];
+            m2 += dhh[c] * hnh[c];
+          }
+          m1 /= DH;
+          m2 /= DH;
+          const float rs = rp[r * NH + hh];
+          float* __restrict out = dhp + ((b * NH + hh) * T + t) * DH;
+#pragma omp simd
+          for (int64_t c = 0; c < DH; ++c) out[c] = rs * (dhh[c] - m1 - hnh[c] * m2);
+        }
+      }
+    }
+  });
+  at::Tensor dw = at::zeros({I}, opts), dskip = at::zeros({I}, opts);
+  float *dwp = dw.data_ptr<float>(), *dsp = dskip.data_ptr<float>();
+  for (int64_t th = 0; th < threads; ++th) {
+    const float* src = partial.data() + th * 2 * I;
+    for (int64_t c = 0; c < I; ++c) {
+      dwp[c] += src[c];
+      dsp[c] += src[I + c];
+    }
+  }
+  return {dh, dxc, d_up, dw, dskip};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lram, m) {
+  m.def("block_diag_fwd(Tensor x, Tensor W) -> Tensor");
+  m.def("block_diag_bwd(Tensor dy, Tensor x, Tensor W) -> (Tensor, Tensor)");
+  m.def("causal_conv_fwd(Tensor x, Tensor weight, Tensor bias, Tensor? state, bool silu) -> Tensor");
+  m.def("causal_conv_bwd(Tensor dy, Tensor x, Tensor weight, Tensor bias, Tensor? state, bool silu) -> "
+        "(Tensor, Tensor, Tensor, Tensor)");
+  m.def("mlstm_gates_fwd(Tensor(a!) s_raw, Tensor b, Tensor i) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("mlstm_gates_bwd(Tensor ds, Tensor s, Tensor d, Tensor dr, Tensor dm, Tensor arg) -> (Tensor, Tensor, Tensor)");
+  m.def("mlstm_pre_fwd(Tensor up, Tensor? state, Tensor conv_w, Tensor conv_b, Tensor w_q, Tensor w_k, Tensor w_v, "
+        "Tensor gate_w, Tensor gate_b, int num_heads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("mlstm_pre_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dxc, Tensor dig, Tensor dfg, Tensor q, Tensor k, Tensor v, "
+        "Tensor xc, Tensor up, Tensor? state, Tensor conv_w, Tensor conv_b, Tensor w_q, Tensor w_k, Tensor w_v, "
+        "Tensor gate_w, Tensor gate_b, int num_heads) -> Tensor[]");
+  m.def("mlstm_post_fwd(Tensor h, Tensor xc, Tensor up, Tensor w, Tensor skip, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("mlstm_post_bwd(Tensor dy, Tensor h, Tensor xc, Tensor up, Tensor w, Tensor skip, Tensor mean, Tensor rstd) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(lram, CPU, m) {
+  m.impl("block_diag_fwd", &block_diag_fwd);
+  m.impl("block_diag_bwd", &block_diag_bwd);
+  m.impl("causal_conv_fwd", &causal_conv_fwd);
+  m.impl("causal_conv_bwd", &causal_conv_bwd);
+  m.impl("mlstm_gates_fwd", &mlstm_gates_fwd);
+  m.impl("mlstm_gates_bwd", &mlstm_gates_bwd);
+  m.impl("mlstm_pre_fwd", &mlstm_pre_fwd);
+  m.impl("mlstm_pre_bwd", &mlstm_pre_bwd);
+  m.impl("mlstm_post_fwd", &mlstm_post_fwd);
+  m.impl("mlstm_post_bwd", &mlstm_post_bwd);
+}

@@ -1,0 +1,106 @@
+"""Autograd wrappers of lram's fused CPU training kernels (``train_cpu.cpp``).
+
+Each function computes exactly what its PyTorch reference computes (tested in values and gradients,
+``tests/test_train_kernels.py``), in one pass over the activations forward and one backward.  Callers
+decide with :func:`lram.models.kernels.fused_training_applies` (a model's ``train_kernel`` setting, CPU
+float32, no autocast) and keep the PyTorch ops otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _BlockDiagonal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return torch.ops.lram.block_diag_fwd(x, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dx, dw = torch.ops.lram.block_diag_bwd(dy, x, weight)
+        return dx, dw
+
+
+def block_diagonal(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """y[..., b*s + o] = sum_i weight[b, o, i] x[..., b*s + i]: the block-diagonal projection
+    (weight [blocks, s, s]) as one fused CPU op forward and backward."""
+    return _BlockDiagonal.apply(x, weight)
+
+
+class _CausalConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, state, silu):
+        ctx.save_for_backward(x, weight, bias, state)
+        ctx.silu = silu
+        return torch.ops.lram.causal_conv_fwd(x, weight, bias, state, silu)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight, bias, state = ctx.saved_tensors
+        dx, dw, db, dstate = torch.ops.lram.causal_conv_bwd(dy, x, weight, bias, state, ctx.silu)
+        return dx, dw, db, (dstate if ctx.needs_input_grad[3] else None), None
+
+
+def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, state: torch.Tensor | None,
+                silu: bool) -> torch.Tensor:
+    """Causal depthwise conv over time, y[b, t] = bias + sum_k weight[:, k] * cat(state, x)[b, t + k]
+    (x [B, T, C], weight [C, K], state [B, K-1, C]: the inputs before the window, zeros if None), with an
+    optional SiLU, as one fused CPU op forward and backward."""
+    return _CausalConv.apply(x, weight, bias, state, silu)
+
+
+def available(*ops: str) -> bool:
+    """Whether the named ``torch.ops.lram`` ops are registered (the extension may predate an op)."""
+    return all(hasattr(torch.ops.lram, op) for op in ops)
+
+
+class _MLSTMPre(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, num_heads):
+        q, k, v, xc, ig, fg = torch.ops.lram.mlstm_pre_fwd(up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b,
+                                                           num_heads)
+        ctx.save_for_backward(q, k, v, xc, up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b)
+        ctx.num_heads = num_heads
+        return q, k, v, xc, ig, fg
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dq, dk, dv, dxc, dig, dfg):
+        q, k, v, xc, up, state, *weights = ctx.saved_tensors
+        d_up, d_state, *d_weights = torch.ops.lram.mlstm_pre_bwd(dq, dk, dv, dxc, dig, dfg, q, k, v, xc, up, state,
+                                                                *weights, ctx.num_heads)
+        return (d_up, d_state if ctx.needs_input_grad[1] else None, *d_weights, None)
+
+
+def mlstm_pre(up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, num_heads: int):
+    """The mLSTM layer from its up-projection ``up`` = [x_m | z] [B, T, 2I] to the cell's inputs:
+    x_c = SiLU(causal conv(x_m)) [B, T, I]; q, k (block-diagonal of x_c) and v (of x_m) in head-major layout
+    [B, NH, T, DH]; the input and forget gate pre-activations [B, NH, T] (``gate_w`` [2 NH, 3I] on [q, k, v]).
+    Returns (q, k, v, x_c, i, f); one fused CPU op forward and backward."""
+    return _MLSTMPre.apply(up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, num_heads)
+
+
+class _MLSTMPost(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, xc, up, weight, skip, eps):
+        y, mean, rstd = torch.ops.lram.mlstm_post_fwd(h, xc, up, weight, skip, eps)
+        ctx.save_for_backward(h, xc, up, weight, skip, mean, rstd)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        dh, dxc, d_up, dw, dskip = torch.ops.lram.mlstm_post_bwd(dy, *ctx.saved_tensors)
+        return dh, dxc, d_up, dw, dskip, None
+
+
+def mlstm_post(h, xc, up, weight, skip, eps: float):
+    """The mLSTM layer from the cell's output h [B, NH, T, DH] to the down-projection's input
+    (per-head LayerNorm(h) * weight + skip * x_c) * SiLU(z) [B, T, I] (z = up[..., I:]); one fused CPU op
+    forward and backward."""
+    return _MLSTMPost.apply(h, xc, up, weight, skip, eps)
