@@ -39,7 +39,7 @@ from lram.models.presets import backbone_settings
 from lram.models.registry import build_backbone
 from lram.models.state import RecurrentState
 from lram.models.tokenizer import ActionTokenizer
-from lram.utils.checks import check_positive_int, check_range, check_tensor, checks_enabled
+from lram.utils.checks import check_choice, check_positive_int, check_range, check_tensor, checks_enabled
 
 
 @dataclass
@@ -60,11 +60,21 @@ class LRAMConfig:
     reward_condition: bool = True
     action_condition: bool = False
     bin_decode: str = "center"  # "center" or "lower_edge" (the paper's code)
+    # continuous actions from the predicted bin distribution: "argmax" (its mode; the paper) or "mean" (its
+    # expectation over bin centres: far less noisy when the data's actions are noisy and the bins many)
+    continuous_decode: str = "argmax"
+    # training targets of continuous dims: 0 = the one-hot bin (the paper); s > 0 = a Gaussian of s bins
+    # (standard deviation) around the action, integrated over each bin ("HL-Gauss": neighbouring bins share
+    # what a sample teaches)
+    label_sigma_bins: float = 0.0
 
     def __post_init__(self):
         self.image_shape = tuple(self.image_shape)
         check_positive_int("state_dim", self.state_dim)
         check_positive_int("max_act_dim", self.max_act_dim)
+        check_choice("continuous_decode", self.continuous_decode, ("argmax", "mean"))
+        if not self.label_sigma_bins >= 0:
+            raise ValueError(f"label_sigma_bins: expected >= 0, got {self.label_sigma_bins}")
 
     @classmethod
     def from_preset(cls, size: str, backbone: str = "xlstm[1:0]", **overrides) -> LRAMConfig:
@@ -298,7 +308,12 @@ class LRAMPolicy(nn.Module):
         logits = out.logits
         if batch.discrete:
             logits = logits[:, :, :1]
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+        flat = logits.reshape(-1, logits.shape[-1]).float()
+        if batch.discrete or self.config.label_sigma_bins <= 0:
+            ce = F.cross_entropy(flat, targets.reshape(-1), reduction="none")
+        else:
+            soft = self._soft_targets(self._padded_actions(batch).reshape(-1))
+            ce = -(F.log_softmax(flat, -1)[:, self.config.num_discrete :] * soft).sum(-1)
         w = valid.reshape(-1).float()
         n = w.sum().clamp_min(1.0)
         loss = (ce * w).sum() / (n if token_count is None else token_count)
@@ -311,6 +326,17 @@ class LRAMPolicy(nn.Module):
                 err = (self.tokenizer.decode_continuous(pred) - self._padded_actions(batch)) ** 2
                 metrics["action_mse"] = float(((err.reshape(-1) * w).sum() / n).item())
         return loss, metrics
+
+    def _soft_targets(self, actions: torch.Tensor) -> torch.Tensor:
+        """[N] continuous actions -> [N, num_bins] target distributions: a Gaussian of ``label_sigma_bins``
+        bins around each action integrated over the bins (the mass outside [-1, 1] goes to the edge bins)."""
+        tok = self.tokenizer
+        sigma = self.config.label_sigma_bins * tok.bin_width
+        edges = tok.low + tok.bin_width * torch.arange(1, tok.num_bins, device=actions.device, dtype=torch.float32)
+        cdf = torch.special.ndtr((edges - actions.float().clamp(tok.low, tok.high).unsqueeze(-1)) / sigma)  # [N, bins-1]
+        cdf = F.pad(cdf, (1, 0), value=0.0)
+        cdf = F.pad(cdf, (0, 1), value=1.0)
+        return cdf[:, 1:] - cdf[:, :-1]
 
     def targets(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Target token ids and the validity mask: [B, C, 1] for discrete, [B, C, max_act_dim] continuous."""
@@ -354,7 +380,12 @@ class LRAMPolicy(nn.Module):
             masked = logits[:, 0].masked_fill(ids >= n.unsqueeze(-1), float("-inf"))
             return masked.argmax(-1)
         nd = self.config.num_discrete
-        values = self.tokenizer.decode_continuous(logits[..., nd:].argmax(-1) + nd)
+        if self.config.continuous_decode == "mean":
+            tok = self.tokenizer
+            centres = tok.decode_continuous(torch.arange(nd, nd + tok.num_bins, device=logits.device))
+            values = torch.softmax(logits[..., nd:].float(), -1) @ centres
+        else:
+            values = self.tokenizer.decode_continuous(logits[..., nd:].argmax(-1) + nd)
         if action_dims is not None:
             dims = torch.as_tensor(action_dims, device=logits.device).expand(B)
             values = values * (torch.arange(values.shape[-1], device=logits.device) < dims.unsqueeze(-1))

@@ -36,6 +36,8 @@ class ModelConfig:
     rtg_condition: bool = True
     reward_condition: bool = True
     action_condition: bool = False
+    continuous_decode: str = "argmax"  # "argmax" (the paper) or "mean" (see lram.models.LRAMConfig)
+    label_sigma_bins: float = 0.0  # 0: one-hot continuous targets (the paper); > 0: Gaussian over bins
     backbone_options: dict = field(default_factory=dict)
 
 

@@ -195,6 +195,7 @@ class Trainer:
         self.model = LRAMPolicy(LRAMConfig.from_preset(
             mcfg.size, mcfg.backbone, use_images=mcfg.use_images and any_images, rtg_condition=mcfg.rtg_condition,
             reward_condition=mcfg.reward_condition, action_condition=mcfg.action_condition,
+            continuous_decode=mcfg.continuous_decode, label_sigma_bins=mcfg.label_sigma_bins,
             backbone_options=dict(mcfg.backbone_options))).to(self.device)
         self.step = 0
         ckpt = latest_checkpoint(self.run_dir) if resume else None
