@@ -424,8 +424,8 @@ class BlockDiagonalLinear(nn.Module):
         if exporting():
             x = x.reshape(*shape[:-1], self.num_blocks, 1, -1)
             return (x @ self.weight.transpose(-1, -2)).reshape(shape)
-        if (x.numel() > 65536 and fused_training_applies(self.train_kernel, x, self.weight)
-                and train_ops.available("block_diag_fwd")):
+        if (x.numel() > 65536 and self.weight.shape[-1] <= 8 and fused_training_applies(self.train_kernel, x, self.weight)
+                and train_ops.available("block_diag_fwd")):  # the kernel's band form suits small blocks only
             return train_ops.block_diagonal(x, self.weight)
         xb = x.reshape(-1, self.num_blocks, self.weight.shape[-1]).transpose(0, 1)  # [blocks, N, s]
         return torch.bmm(xb, self.weight.transpose(1, 2)).transpose(0, 1).reshape(shape)
@@ -578,8 +578,7 @@ class SLSTMLayer(nn.Module):
     def forward(self, x: torch.Tensor, st: dict[str, torch.Tensor]):
         B, T, D = x.shape
         nh = self.num_heads
-        x_c, conv_state = self.conv(x, st["conv"])
-        x_c = F.silu(x_c)
+        x_c, conv_state = self.conv(x, st["conv"], silu=True)
         R = self.recurrent.float()
         # CPU float32: the scan as one compiled call forward and one backward (lram.models.slstm_kernel)
         if fused_training_applies(self.cfg.train_kernel, x, R, *(st[k] for k in "hcnm")) and slstm_kernel_available():
