@@ -128,7 +128,10 @@ def _layer_reference(up, conv_state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate
 
 
 def _layer_fused(up, conv_state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, norm_w, skip, num_heads, eps):
-    q, k, v, x_c, ig, fg = ops.mlstm_pre(up, conv_state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, num_heads)
+    q, k, v, x_c = ops.mlstm_pre(up, conv_state, conv_w, conv_b, w_q, w_k, w_v, num_heads)
+    B, T, _ = x_c.shape
+    qkv = torch.cat([t.transpose(1, 2).reshape(B, T, -1) for t in (q, k, v)], -1)
+    ig, fg = (qkv @ gate_w.t() + gate_b).transpose(1, 2).chunk(2, dim=1)
     h = mlstm_parallel_fused(q, k, v, ig, fg)[0]
     return ops.mlstm_post(h, x_c, up, norm_w, skip, eps)
 
@@ -205,9 +208,12 @@ def test_bad_arguments_name_the_argument():
         torch.ops.lram.causal_conv_fwd(torch.randn(2, 5, 3), torch.randn(4, 4), torch.randn(3), None, True)
     with pytest.raises(RuntimeError, match="'s_raw'"):
         torch.ops.lram.mlstm_gates_fwd(torch.randn(2, 3, 4), torch.randn(2, 3), torch.randn(2, 3))
-    with pytest.raises(RuntimeError, match="'gate_w'"):
+    with pytest.raises(RuntimeError, match="'conv_w'"):
+        torch.ops.lram.mlstm_pre_fwd(torch.randn(1, 5, 16), None, torch.randn(7, 4), torch.randn(8),
+                                     *(torch.randn(2, 4, 4) for _ in range(3)), 2)
+    with pytest.raises(RuntimeError, match="'w_q'"):
         torch.ops.lram.mlstm_pre_fwd(torch.randn(1, 5, 16), None, torch.randn(8, 4), torch.randn(8),
-                                     *(torch.randn(2, 4, 4) for _ in range(3)), torch.randn(4, 8), torch.randn(4), 2)
+                                     *(torch.randn(2, 3, 3) for _ in range(3)), 2)
     with pytest.raises(RuntimeError, match="'up'"):
         torch.ops.lram.mlstm_post_fwd(torch.randn(1, 2, 5, 4), torch.randn(1, 5, 8), torch.randn(1, 5, 9),
                                       torch.ones(8), torch.ones(8), 1e-5)

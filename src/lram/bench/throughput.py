@@ -75,16 +75,39 @@ class OptimizerStep:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.25)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
+
+
+def _flop_formulas() -> dict:
+    """Formulas torch's flop counter lacks or gets wrong for these models: CPU flash attention (not counted)
+    and the backward of grouped convolutions (counted as if ungrouped: x channels too many for the depthwise
+    convs of the recurrent blocks); the backward of a conv is its input- and weight-gradient, 2x the forward."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    def conv_backward(grad_out_shape, x_shape, w_shape, *args, **kwargs):
+        return 2 * fc.conv_flop_count(x_shape, w_shape, grad_out_shape)
+
+    def flash(query, key, value, *args, **kwargs):
+        return fc.sdpa_flop_count(query, key, value)
+
+    def flash_backward(grad_out, query, key, value, *args, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return {aten.convolution_backward: conv_backward, aten._scaled_dot_product_flash_attention_for_cpu: flash,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: flash_backward}
 
 
 def count_flops(size: str, backbone: str, kind: str, batch: TrajectoryBatch) -> int:
-    """Floating-point operations of one forward + backward, counted on the PyTorch path of the model."""
+    """Floating-point operations of one forward + backward, counted on the PyTorch path of the model (matrix
+    products, convolutions, attention; the recurrent cells' parallel form counts its full [T, T] products,
+    as attention does)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
     model = build(size, backbone, kind, train_kernel="torch")
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_flop_formulas()) as counter:
         loss, _ = model.loss(batch)
         loss.backward()
     return int(counter.get_total_flops())

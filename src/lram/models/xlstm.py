@@ -518,13 +518,27 @@ class MLSTMLayer(nn.Module):
         K, T = self.cfg.conv_kernel, x.shape[1]
         up = self.up_proj(x)
         conv = self.conv.conv
-        q, k, v, x_c, ig, fg = train_ops.mlstm_pre(up, st["conv"].to(x.dtype), conv.weight.view(self.inner, K), conv.bias,
-                                                   self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
-                                                   self.gates.weight, self.gates.bias, self.num_heads)
+        q, k, v, x_c = train_ops.mlstm_pre(up, st["conv"].to(x.dtype), conv.weight.view(self.inner, K), conv.bias,
+                                           self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.num_heads)
+        # gates = W_q q + W_k k + W_v v + b with q = BD_q x_c, k = BD_k x_c, v = BD_v x_m: the block-diagonal
+        # maps folded into the (tiny) gate weights, so the gates are two products over the token-major x_c and up
+        w_c, w_m = self._folded_gate_weights()
+        gates = F.linear(x_c, w_c, self.gates.bias) + F.linear(up, F.pad(w_m, (0, self.inner)))
+        ig, fg = gates.transpose(1, 2).chunk(2, dim=1)  # [B, NH, T]
         h, (C, n, m) = kernel(q, k, v, ig, fg, (st["C"], st["n"], st["m"]), chunk_size, self.cfg.eps)
         y = train_ops.mlstm_post(h, x_c, up, self.out_norm_weight, self.skip, self.cfg.norm_eps)
         conv_state = up[:, T - (K - 1) :, : self.inner] if T >= K - 1 else None  # T > 16 here
         return self.down_proj(y), {"C": C, "n": n, "m": m, "conv": conv_state}
+
+    def _folded_gate_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W_q BD_q + W_k BD_k, W_v BD_v) [2 NH, inner]: the gate weights on x_c and on x_m."""
+        G, nb = self.gates.weight.shape[0], self.q_proj.num_blocks
+
+        def fold(w, proj):
+            return torch.einsum("gbo,boi->gbi", w.reshape(G, nb, -1), proj.weight).reshape(G, self.inner)
+
+        w_q, w_k, w_v = self.gates.weight.chunk(3, dim=1)
+        return fold(w_q, self.q_proj) + fold(w_k, self.k_proj), fold(w_v, self.v_proj)
 
     def init_state(self, batch_size: int, device) -> dict[str, torch.Tensor]:
         nh, dh = self.num_heads, self.inner // self.num_heads

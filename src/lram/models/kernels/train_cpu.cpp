@@ -28,7 +28,8 @@ namespace {
 // loops vectorise it.
 inline float exp_approx(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
-  const float kf = std::nearbyint(x * 1.44269504088896341f);
+  // round to nearest by adding and subtracting 1.5 * 2^23 (vectorises, where std::nearbyint is a libm call)
+  const float kf = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - kf * 0.693359375f) + kf * 2.12194440e-4f;
   float p = 1.3888889e-3f;
   p = p * r + 8.3333333e-3f;
@@ -387,12 +388,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlstm_gates_bwd(const at::Tensor&
 // The parts of an mLSTM layer between its two large projections, for training windows (many tokens):
 //
 //   pre:  up [B, T, 2I] (= [x_m | z])  ->  x_c = SiLU(causal conv(x_m)), q = BD_q(x_c), k = BD_k(x_c),
-//         v = BD_v(x_m) in head-major layout [B, NH, T, DH], and the gate pre-activations
-//         [i | f] = W_g [q, k, v] + b_g as [B, NH, T] each;
+//         v = BD_v(x_m), q, k, v in the cell's head-major layout [B, NH, T, DH];
 //   post: h [B, NH, T, DH] (the cell's output) -> y = (LN_head(h) * w + skip * x_c) * SiLU(z)  [B, T, I]
 //
 // one pass over each token's features forward and backward (lram.models.xlstm.MLSTMLayer computes the same
-// with PyTorch ops).  Weight gradients are summed per thread, then added.
+// with PyTorch ops; the gate projection on [q, k, v] stays a batched matrix product there).  Weight
+// gradients are summed per thread, then added.
 
 // shared arguments of the pre pass
 struct PreArgs {
@@ -404,8 +405,6 @@ struct PreArgs {
   const float* band_q;  // [2bs-1, I] band forms of the block-diagonal weights
   const float* band_k;
   const float* band_v;
-  const float* gate_w;  // [2NH, 3I]
-  const float* gate_b;  // [2NH]
   const float* xm(int64_t b, int64_t u) const {  // row u of cat(state, x_m) for batch row b
     if (u >= K - 1) return up + (b * T + (u - (K - 1))) * 2 * I;
     return state ? state + (b * (K - 1) + u) * I : nullptr;
@@ -459,22 +458,20 @@ void band_to_weight(const float* band, float* W, int64_t nb, int64_t bs) {  // W
 }
 
 struct PreInputs {
-  at::Tensor up, state, conv_wt, conv_b, gate_w, gate_b;
+  at::Tensor up, state, conv_wt, conv_b;
   std::vector<float> band_q, band_k, band_v;
   PreArgs args;
 };
 
 PreInputs pre_inputs(const char* op, const at::Tensor& up, const std::optional<at::Tensor>& state, const at::Tensor& conv_w,
                      const at::Tensor& conv_b, const at::Tensor& w_q, const at::Tensor& w_k, const at::Tensor& w_v,
-                     const at::Tensor& gate_w, const at::Tensor& gate_b, int64_t NH) {
+                     int64_t NH) {
   expect_float(op, "up", up, 3);
   expect_float(op, "conv_w", conv_w, 2);
   expect_float(op, "conv_b", conv_b, 1);
   expect_float(op, "w_q", w_q, 3);
   expect_float(op, "w_k", w_k, 3);
   expect_float(op, "w_v", w_v, 3);
-  expect_float(op, "gate_w", gate_w, 2);
-  expect_float(op, "gate_b", gate_b, 1);
   PreInputs in;
   const int64_t B = up.size(0), T = up.size(1), I = up.size(2) / 2, K = conv_w.size(1);
   const int64_t nb = w_q.size(0), bs = w_q.size(1);
@@ -484,8 +481,6 @@ PreInputs pre_inputs(const char* op, const at::Tensor& up, const std::optional<a
   for (const at::Tensor* w : {&w_q, &w_k, &w_v})
     TORCH_CHECK(w->size(0) == nb && w->size(1) == bs && w->size(2) == bs && nb * bs == I, "lram::", op,
                 ": 'w_q', 'w_k', 'w_v' must be [blocks, bs, bs] with blocks * bs = ", I);
-  TORCH_CHECK(gate_w.size(0) == 2 * NH && gate_w.size(1) == 3 * I && gate_b.size(0) == 2 * NH, "lram::", op,
-              ": 'gate_w' must be [", 2 * NH, ", ", 3 * I, "] and 'gate_b' [", 2 * NH, "]");
   in.up = up.contiguous();
   if (state.has_value() && state->defined()) {
     expect_float(op, "state", *state, 3);
@@ -495,30 +490,26 @@ PreInputs pre_inputs(const char* op, const at::Tensor& up, const std::optional<a
   }
   in.conv_wt = conv_w.t().contiguous();
   in.conv_b = conv_b.contiguous();
-  in.gate_w = gate_w.contiguous();
-  in.gate_b = gate_b.contiguous();
   in.band_q = make_band(w_q.contiguous().data_ptr<float>(), nb, bs);
   in.band_k = make_band(w_k.contiguous().data_ptr<float>(), nb, bs);
   in.band_v = make_band(w_v.contiguous().data_ptr<float>(), nb, bs);
   in.args = PreArgs{B, T, I, NH, I / NH, K, bs, in.up.data_ptr<float>(), in.state.defined() ? in.state.data_ptr<float>() : nullptr,
                     in.conv_wt.data_ptr<float>(), in.conv_b.data_ptr<float>(), in.band_q.data(), in.band_k.data(),
-                    in.band_v.data(), in.gate_w.data_ptr<float>(), in.gate_b.data_ptr<float>()};
+                    in.band_v.data()};
   return in;
 }
 
-// returns q, k, v [B, NH, T, DH], x_c [B, T, I], i_gate, f_gate [B, NH, T]
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_pre_fwd(
+// returns q, k, v [B, NH, T, DH] and x_c [B, T, I]
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_pre_fwd(
     const at::Tensor& up_in, const std::optional<at::Tensor>& state_in, const at::Tensor& conv_w, const at::Tensor& conv_b,
-    const at::Tensor& w_q, const at::Tensor& w_k, const at::Tensor& w_v, const at::Tensor& gate_w, const at::Tensor& gate_b,
-    int64_t NH) {
-  PreInputs in = pre_inputs("mlstm_pre_fwd", up_in, state_in, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, NH);
+    const at::Tensor& w_q, const at::Tensor& w_k, const at::Tensor& w_v, int64_t NH) {
+  PreInputs in = pre_inputs("mlstm_pre_fwd", up_in, state_in, conv_w, conv_b, w_q, w_k, w_v, NH);
   const PreArgs& a = in.args;
   const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH;
   auto opts = in.up.options();
   at::Tensor q = at::empty({B, NH, T, DH}, opts), k = at::empty_like(q), v = at::empty_like(q);
-  at::Tensor xc = at::empty({B, T, I}, opts), ig = at::empty({B, NH, T}, opts), fg = at::empty_like(ig);
+  at::Tensor xc = at::empty({B, T, I}, opts);
   float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>(), *xcp = xc.data_ptr<float>();
-  float *igp = ig.data_ptr<float>(), *fgp = fg.data_ptr<float>();
   at::parallel_for(0, B * T, 4, [&](int64_t r0, int64_t r1) {
     std::vector<float> buf(3 * I);
     float *qr = buf.data(), *kr = qr + I, *vr = kr + I;
@@ -531,13 +522,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       band_apply(a.band_q, x, qr, I, a.bs);
       band_apply(a.band_k, x, kr, I, a.bs);
       band_apply(a.band_v, a.up + r * 2 * I, vr, I, a.bs);
-      for (int64_t j = 0; j < 2 * NH; ++j) {
-        const float* __restrict w = a.gate_w + j * 3 * I;
-        float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t c = 0; c < 3 * I; ++c) acc += w[c] * buf[c];
-        (j < NH ? igp : fgp)[(b * NH + j % NH) * T + t] = acc + a.gate_b[j];
-      }
       for (int64_t h = 0; h < NH; ++h) {
         const int64_t o = ((b * NH + h) * T + t) * DH;
         std::copy(qr + h * DH, qr + (h + 1) * DH, qp + o);
@@ -546,79 +530,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       }
     }
   });
-  return {q, k, v, xc, ig, fg};
+  return {q, k, v, xc};
 }
 
 // Gradients of the pre pass.  dq, dk, dv [B, NH, T, DH]; dxc [B, T, I] (x_c's gradient from the post pass);
-// dig, dfg [B, NH, T]; q, k, v, xc: the forward outputs.  Returns d_up [B, T, 2I] (the z half zero), d_state
-// (undefined without a state), d_conv_w [I, K], d_conv_b, d_w_q, d_w_k, d_w_v, d_gate_w, d_gate_b.
+// xc: the forward's x_c.  Returns d_up [B, T, 2I] (the z half zero), d_state (undefined without a state),
+// d_conv_w [I, K], d_conv_b, d_w_q, d_w_k, d_w_v.
 std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor& dk_in, const at::Tensor& dv_in,
-                                      const at::Tensor& dxc_in, const at::Tensor& dig_in, const at::Tensor& dfg_in,
-                                      const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                                      const at::Tensor& xc_in, const at::Tensor& up_in, const std::optional<at::Tensor>& state_in,
-                                      const at::Tensor& conv_w, const at::Tensor& conv_b, const at::Tensor& w_q,
-                                      const at::Tensor& w_k, const at::Tensor& w_v, const at::Tensor& gate_w,
-                                      const at::Tensor& gate_b, int64_t NH) {
-  PreInputs in = pre_inputs("mlstm_pre_bwd", up_in, state_in, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, NH);
+                                      const at::Tensor& dxc_in, const at::Tensor& xc_in, const at::Tensor& up_in,
+                                      const std::optional<at::Tensor>& state_in, const at::Tensor& conv_w,
+                                      const at::Tensor& conv_b, const at::Tensor& w_q, const at::Tensor& w_k,
+                                      const at::Tensor& w_v, int64_t NH) {
+  PreInputs in = pre_inputs("mlstm_pre_bwd", up_in, state_in, conv_w, conv_b, w_q, w_k, w_v, NH);
   const PreArgs& a = in.args;
-  const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH, K = a.K, bs = a.bs, nd = 2 * bs - 1, G = 2 * NH;
-  for (const at::Tensor* t : {&dq_in, &dk_in, &dv_in, &q_in, &k_in, &v_in})
+  const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH, K = a.K, bs = a.bs, nd = 2 * bs - 1;
+  for (const at::Tensor* t : {&dq_in, &dk_in, &dv_in})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 4 && t->size(0) == B && t->size(1) == NH && t->size(2) == T &&
                     t->size(3) == DH,
-                "lram::mlstm_pre_bwd: q, k, v and their gradients must be float32 [", B, ", ", NH, ", ", T, ", ", DH, "]");
+                "lram::mlstm_pre_bwd: 'dq', 'dk' and 'dv' must be float32 [", B, ", ", NH, ", ", T, ", ", DH, "]");
   TORCH_CHECK(dxc_in.sizes() == xc_in.sizes() && xc_in.size(0) == B && xc_in.size(1) == T && xc_in.size(2) == I,
               "lram::mlstm_pre_bwd: 'dxc' and 'xc' must be [", B, ", ", T, ", ", I, "]");
-  TORCH_CHECK(dig_in.size(0) == B && dig_in.size(1) == NH && dig_in.size(2) == T && dfg_in.sizes() == dig_in.sizes(),
-              "lram::mlstm_pre_bwd: 'dig' and 'dfg' must be [", B, ", ", NH, ", ", T, "]");
   at::Tensor dq = dq_in.contiguous(), dk = dk_in.contiguous(), dv = dv_in.contiguous(), dxc = dxc_in.contiguous();
-  at::Tensor dig = dig_in.contiguous(), dfg = dfg_in.contiguous();
-  at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), xc = xc_in.contiguous();
+  at::Tensor xc = xc_in.contiguous();
   auto opts = in.up.options();
   at::Tensor d_up = at::empty({B, T, 2 * I}, opts), dpre = at::empty({B, T, I}, opts);
   const float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
-  const float *dxcp = dxc.data_ptr<float>(), *digp = dig.data_ptr<float>(), *dfgp = dfg.data_ptr<float>();
-  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>(), *xcp = xc.data_ptr<float>();
+  const float *dxcp = dxc.data_ptr<float>(), *xcp = xc.data_ptr<float>();
   float *dup = d_up.data_ptr<float>(), *dprep = dpre.data_ptr<float>();
   const int64_t rows = B * T;
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   const int64_t per = (rows + threads - 1) / threads;
-  // per thread: d gate_w [G, 3I], d gate_b [G], d bands [3, nd, I], d conv_w [K, I], d conv_b [I]
-  const int64_t part = G * 3 * I + G + 3 * nd * I + (K + 1) * I;
+  // per thread: d bands [3, nd, I], d conv_w [K, I], d conv_b [I]
+  const int64_t part = 3 * nd * I + (K + 1) * I;
   std::vector<float> partial(threads * part, 0.0f);
-  // pass 1: per token, everything up to the conv pre-activation's gradient
+  // pass 1: per token, the block-diagonal products' gradients and the conv pre-activation's gradient
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> buf(7 * I);
-    float *qr = buf.data(), *kr = qr + I, *vr = kr + I;        // forward values [q | k | v]
-    float *dqr = vr + I, *dkr = dqr + I, *dvr = dkr + I;       // their gradients
-    float* pre = dvr + I;
+    std::vector<float> buf(4 * I);
+    float *dqr = buf.data(), *dkr = dqr + I, *dvr = dkr + I, *pre = dvr + I;
     for (int64_t th = t0; th < t1; ++th) {
       float* acc = partial.data() + th * part;
-      float *dgw = acc, *dgb = dgw + G * 3 * I, *dbq = dgb + G, *dbk = dbq + nd * I, *dbv = dbk + nd * I;
+      float *dbq = acc, *dbk = dbq + nd * I, *dbv = dbk + nd * I;
       for (int64_t r = th * per; r < std::min(rows, (th + 1) * per); ++r) {
         const int64_t b = r / T, t = r % T;
         for (int64_t h = 0; h < NH; ++h) {
           const int64_t o = ((b * NH + h) * T + t) * DH;
-          std::copy(qp + o, qp + o + DH, qr + h * DH);
-          std::copy(kp + o, kp + o + DH, kr + h * DH);
-          std::copy(vp + o, vp + o + DH, vr + h * DH);
           std::copy(dqp + o, dqp + o + DH, dqr + h * DH);
           std::copy(dkp + o, dkp + o + DH, dkr + h * DH);
           std::copy(dvp + o, dvp + o + DH, dvr + h * DH);
         }
-        // gates: [i | f] = W_g [q, k, v] + b_g
-        for (int64_t j = 0; j < G; ++j) {
-          const float g = (j < NH ? digp : dfgp)[(b * NH + j % NH) * T + t];
-          const float* __restrict w = a.gate_w + j * 3 * I;
-          float* __restrict dw = dgw + j * 3 * I;
-          float* __restrict dqkv = dqr;  // dq, dk, dv are contiguous in buf
-#pragma omp simd
-          for (int64_t c = 0; c < 3 * I; ++c) {
-            dqkv[c] += g * w[c];
-            dw[c] += g * buf[c];
-          }
-          dgb[j] += g;
-        }
-        // block-diagonal projections: q, k from x_c, v from x_m
         const float* __restrict x = xcp + r * I;
         const float* __restrict xm = a.up + r * 2 * I;
         float* __restrict dx = dprep + r * I;  // first d x_c, then d pre-activation
@@ -661,7 +620,7 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
   });
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t th = t0; th < t1; ++th) {
-      float* acc = partial.data() + th * part + G * 3 * I + G + 3 * nd * I;
+      float* acc = partial.data() + th * part + 3 * nd * I;
       for (int64_t r = th * per; r < std::min(rows, (th + 1) * per); ++r) {
         const int64_t b = r / T, t = r % T;
         const float* __restrict g = dprep + r * I;
@@ -684,10 +643,7 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
     float* dst = partial.data();
     for (int64_t j = 0; j < part; ++j) dst[j] += src[j];
   }
-  const float* acc = partial.data();
-  at::Tensor d_gate_w = at::from_blob(const_cast<float*>(acc), {G, 3 * I}, opts).clone();
-  at::Tensor d_gate_b = at::from_blob(const_cast<float*>(acc + G * 3 * I), {G}, opts).clone();
-  const float* bands = acc + G * 3 * I + G;
+  const float* bands = partial.data();
   const int64_t nb = I / bs;
   at::Tensor d_wq = at::zeros({nb, bs, bs}, opts), d_wk = at::zeros_like(d_wq), d_wv = at::zeros_like(d_wq);
   band_to_weight(bands, d_wq.data_ptr<float>(), nb, bs);
@@ -696,7 +652,7 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
   const float* conv = bands + 3 * nd * I;
   at::Tensor d_conv_w = at::from_blob(const_cast<float*>(conv), {K, I}, opts).t().contiguous();
   at::Tensor d_conv_b = at::from_blob(const_cast<float*>(conv + K * I), {I}, opts).clone();
-  return {d_up, d_state, d_conv_w, d_conv_b, d_wq, d_wk, d_wv, d_gate_w, d_gate_b};
+  return {d_up, d_state, d_conv_w, d_conv_b, d_wq, d_wk, d_wv};
 }
 
 // post: y = (LN_head(h) * w + skip * x_c) * SiLU(z).  h [B, NH, T, DH], xc [B, T, I], up [B, T, 2I] (z = up[..., I:]).
@@ -841,10 +797,9 @@ TORCH_LIBRARY_FRAGMENT(lram, m) {
   m.def("mlstm_gates_fwd(Tensor(a!) s_raw, Tensor b, Tensor i) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("mlstm_gates_bwd(Tensor ds, Tensor s, Tensor d, Tensor dr, Tensor dm, Tensor arg) -> (Tensor, Tensor, Tensor)");
   m.def("mlstm_pre_fwd(Tensor up, Tensor? state, Tensor conv_w, Tensor conv_b, Tensor w_q, Tensor w_k, Tensor w_v, "
-        "Tensor gate_w, Tensor gate_b, int num_heads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("mlstm_pre_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dxc, Tensor dig, Tensor dfg, Tensor q, Tensor k, Tensor v, "
-        "Tensor xc, Tensor up, Tensor? state, Tensor conv_w, Tensor conv_b, Tensor w_q, Tensor w_k, Tensor w_v, "
-        "Tensor gate_w, Tensor gate_b, int num_heads) -> Tensor[]");
+        "int num_heads) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("mlstm_pre_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dxc, Tensor xc, Tensor up, Tensor? state, Tensor conv_w, "
+        "Tensor conv_b, Tensor w_q, Tensor w_k, Tensor w_v, int num_heads) -> Tensor[]");
   m.def("mlstm_post_fwd(Tensor h, Tensor xc, Tensor up, Tensor w, Tensor skip, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("mlstm_post_bwd(Tensor dy, Tensor h, Tensor xc, Tensor up, Tensor w, Tensor skip, Tensor mean, Tensor rstd) -> Tensor[]");
 }
