@@ -217,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--targets", action="store_true", help="only the configurations of issue 8's targets")
     p.add_argument("--profile", default="", help="print an operator profile of this backbone per configuration")
+    p.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default mmap threshold (see lram.utils.memory)")
     p.add_argument("--out", default="benchmarks/out/train_throughput.json")
     a = p.parse_args(argv)
     if a.threads:
@@ -242,8 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error(f"--kinds: expected vector and/or image, got {k!r}")
         configs = [(s, c, k) for s in sizes for c in contexts for k in kinds]
     from lram.models.kernels import load_cpu_kernels
+    from lram.utils.memory import keep_freed_memory
 
     load_cpu_kernels()
+    if not a.no_malloc_tuning:
+        keep_freed_memory()  # as lram train does
     peak = matmul_peak()
     print(f"fp32 matmul peak of this machine: {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
     results = {"machine": {"platform": platform.platform(), "processor": platform.processor(),

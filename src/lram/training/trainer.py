@@ -168,6 +168,10 @@ class Trainer:
         if dev == "auto":
             dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(dev)
+        if self.device.type == "cpu":  # keep freed activations in the heap: no page faults every step
+            from lram.utils.memory import keep_freed_memory
+
+            keep_freed_memory()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         prec = cfg.train.precision
