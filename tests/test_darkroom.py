@@ -351,3 +351,29 @@ def test_cli(tmp_path, capsys):
         main([str(tmp_path), "--goals", "11,0", "--quiet"])
     assert e.value.code == 2
     assert "goals[0]" in capsys.readouterr().err
+
+
+def test_sweep_expert_searches_then_goes_straight_to_the_goal():
+    """algo="sweep": the first episode of every goal finds the goal by a sweep that reaches every cell (so
+    even the start cell), every later episode is optimal; noise only perturbs known-goal episodes."""
+    from lram.data.generators.darkroom import LearnerConfig, learning_histories
+    from lram.envs.darkroom import optimal_return
+
+    goals = [(0, 0), (9, 9), (0, 9), (5, 3), (9, 0)]
+    eps = [e for _, e in learning_histories(goals, 3, config=LearnerConfig(algo="sweep"))]
+    for i, g in enumerate(goals):
+        first, later = eps[0][i], [eps[k][i] for k in (1, 2)]
+        assert first.total_return >= 1  # found within the first episode
+        hit = int(np.argmax(first.rewards > 0))
+        assert np.all(first.rewards[hit:] == 1)  # stays on the goal once found
+        assert np.all(first.states[hit + 1 :] == np.array(g))  # (positions after the step that found it)
+        for e in later:
+            assert e.total_return == optimal_return(g)
+    # the search order: stay, then right along row 0, down at its end, left along row 1
+    far = eps[0][1]
+    assert list(far.actions[:12]) == [4] + [1] * 9 + [2, 3]
+    noisy = [e for _, e in learning_histories(goals, 3, config=LearnerConfig(algo="sweep", noise=0.5))]
+    assert all(noisy[0][i].total_return == eps[0][i].total_return for i in range(len(goals)))
+    assert any(noisy[2][i].total_return < optimal_return(g) for i, g in enumerate(goals))
+    with pytest.raises(ValueError, match="noise"):
+        LearnerConfig(algo="sweep", noise=1.5)

@@ -142,6 +142,20 @@ def test_in_context_windows_span_consecutive_episodes():
         assert n == min(50, int(eps[-1]) * 20 + int(ts[-1]) + 1)
 
 
+def test_domain_without_return_condition_has_zero_return_to_go():
+    """return_condition=False (in-context RL as Algorithm Distillation): that domain's windows carry a
+    return-to-go of 0, the other domains' keep theirs, nothing else changes."""
+    tasks = [MemoryTask("darkroom_3_4", [20] * 8, obs_dim=3, discrete=True, tid=4)]
+    cfg = SamplerConfig(context=30, batch_size=4, valid_fraction=0.0)
+    with_rtg = WindowSampler([DomainData("darkroom", tasks, in_context=True, num_actions=5)], cfg)
+    without = WindowSampler([DomainData("darkroom", tasks, in_context=True, num_actions=5, return_condition=False)], cfg)
+    _, a = with_rtg.batch(3)
+    _, b = without.batch(3)
+    assert a.returns_to_go[a.timestep_mask].abs().min() > 0
+    assert torch.count_nonzero(b.returns_to_go) == 0
+    assert torch.equal(a.states, b.states) and torch.equal(a.actions, b.actions) and torch.equal(a.rewards, b.rewards)
+
+
 def test_batches_train_the_policy():
     s = make_sampler(batch_size=4, context=10)
     model = LRAMPolicy(LRAMConfig(backbone="xlstm", d_model=32, num_blocks=1, use_images=False))

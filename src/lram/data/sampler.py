@@ -42,6 +42,9 @@ class DomainData:
     reward_scale: float = 1.0
     num_actions: int | None = None  # valid discrete actions (None: continuous domain)
     in_context: bool = False  # windows span consecutive episodes (learning histories)
+    # condition on the return-to-go (the paper); False: the domain's windows carry a return-to-go of 0, and
+    # so does acting (in-context RL without a target return, as Algorithm Distillation)
+    return_condition: bool = True
 
     @property
     def discrete(self) -> bool:
@@ -252,7 +255,8 @@ class WindowSampler:
                 states[b, sl] = s
             else:
                 states[b, sl, : s.shape[1]] = s
-            rtg[b, sl] = w["returns_to_go"]
+            if dom.data.return_condition:
+                rtg[b, sl] = w["returns_to_go"]
             rewards[b, sl] = w["rewards"]
             mask[b, sl] = True
             first[b, sl] = w["first_step"]

@@ -46,12 +46,14 @@ class ActingSpec:
     num_actions: int | None = None  # discrete domains
     action_dim: int | None = None  # continuous domains
     in_context: bool = False  # keep the recurrent state across episodes
+    return_condition: bool = True  # False: the domain was trained with a return-to-go of 0; act with 0 too
 
     @classmethod
     def from_registry(cls, entry: dict) -> ActingSpec:
         return cls(discrete=bool(entry["discrete"]), reward_scale=float(entry["reward_scale"]),
                    num_actions=entry.get("num_actions"), action_dim=int(entry.get("action_dim", 1)),
-                   in_context=bool(entry.get("in_context", False)))
+                   in_context=bool(entry.get("in_context", False)),
+                   return_condition=bool(entry.get("return_condition", True)))
 
 
 def check_env_fits(env: gym.Env, spec: ActingSpec) -> None:
@@ -88,6 +90,7 @@ def evaluate_task(policy, make_env: Callable[[int], gym.Env], spec: ActingSpec, 
     check_env_fits(envs[0], spec)
     agent = policy.make_agent(n, discrete=spec.discrete, num_actions=spec.num_actions if spec.discrete else None,
                               action_dims=None if spec.discrete else spec.action_dim, reward_scale=spec.reward_scale)
+    rtg_scale = 1.0 if spec.return_condition else 0.0  # a domain trained without return-to-go acts with 0
     results: dict[int, EpisodeResult] = {}
     episode_of = list(range(n))  # the episode each env is playing (-1: done, idle)
     next_episode = n
@@ -102,7 +105,7 @@ def evaluate_task(policy, make_env: Callable[[int], gym.Env], spec: ActingSpec, 
         with torch.inference_mode():
             while any(e >= 0 for e in episode_of):
                 actions = agent.act(torch.stack([_observation(o) for o in obs]),
-                                    torch.from_numpy(prev_reward).float(), torch.from_numpy(rtg).float())
+                                    torch.from_numpy(prev_reward).float(), torch.from_numpy(rtg * rtg_scale).float())
                 actions = actions.cpu().numpy()
                 ended = np.zeros(n, dtype=bool)
                 for i, env in enumerate(envs):

@@ -120,7 +120,7 @@ class SessionManager:
                 s.return_to_go = float(return_to_go)
             with torch.inference_mode():
                 action = s.agent.act(obs, torch.tensor([reward], dtype=torch.float32),
-                                     torch.tensor([s.return_to_go], dtype=torch.float32))
+                                     torch.tensor([s.return_to_go if s.spec.return_condition else 0.0], dtype=torch.float32))
             s.step += 1
             s.last_used = time.monotonic()
             a = action[0].numpy()

@@ -25,6 +25,7 @@ class DomainConfig:
     reward_scale: float | None = None  # None: the registry's value for this domain name
     num_actions: int | None = None  # valid discrete actions; None: the registry's / continuous
     in_context: bool | None = None  # windows span consecutive episodes (learning histories)
+    return_condition: bool | None = None  # condition on the return-to-go (None: the registry's; default true)
     tasks: list[str] | None = None  # restrict to these task folders
 
 

@@ -81,6 +81,7 @@ def open_domains(cfg: Config) -> list[DomainData]:
             reward_scale=float(domain_setting(d.name, "reward_scale", d.reward_scale, 1.0)),
             num_actions=domain_setting(d.name, "num_actions", d.num_actions),
             in_context=bool(domain_setting(d.name, "in_context", d.in_context, False)),
+            return_condition=bool(domain_setting(d.name, "return_condition", d.return_condition, True)),
         ))
     return domains
 
@@ -91,7 +92,8 @@ def domain_registry(domains: list[DomainData]) -> list[dict]:
     for d in domains:
         t = d.tasks[0]
         out.append({"name": d.name, "reward_scale": d.reward_scale, "discrete": d.discrete,
-                    "num_actions": d.num_actions, "in_context": d.in_context, "obs_shape": list(t.obs_shape),
+                    "num_actions": d.num_actions, "in_context": d.in_context, "return_condition": d.return_condition,
+                    "obs_shape": list(t.obs_shape),
                     "action_dim": int(getattr(t, "action_dim", 1)), "tasks": [x.task for x in d.tasks],
                     "max_returns": {x.task: float(np.max(x.returns)) for x in d.tasks}})
     return out

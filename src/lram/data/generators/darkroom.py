@@ -70,7 +70,7 @@ from lram.utils.io import write_json_atomic
 
 GENERATOR = "darkroom-learning-history"
 SETTINGS_FILE = "generator.json"
-ALGOS = ("ucb_q", "q")
+ALGOS = ("ucb_q", "q", "sweep")
 _EPISODE_FILE = re.compile(r"^(\d+)\.(hdf5|h5|npz)$")
 _SETTING_KEYS = ("generator", "goal", "size", "max_steps", "variant", "start", "episodes", "seed", "learner", "format")
 
@@ -87,6 +87,7 @@ class LearnerConfig:
     explore_fraction: float = 0.8  # epsilon reaches 0 after this fraction of the history
     ucb_c: float = 0.1  # weight of the count bonus (algo "ucb_q" only)
     replay: bool = True  # one backward sweep over each finished episode
+    noise: float = 0.0  # algo "sweep": probability of a uniformly random action at each step of a known-goal episode
 
     def __post_init__(self):
         if self.algo not in ALGOS:
@@ -100,6 +101,8 @@ class LearnerConfig:
             raise ValueError(f"gamma: expected a discount in [0, 1), got {self.gamma!r}")
         if isinstance(self.ucb_c, bool) or not isinstance(self.ucb_c, (int, float)) or not self.ucb_c >= 0:
             raise ValueError(f"ucb_c: expected a number >= 0, got {self.ucb_c!r}")
+        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) or not 0 <= self.noise <= 1:
+            raise ValueError(f"noise: expected a probability in [0, 1], got {self.noise!r}")
 
 
 def task_name(goal: Sequence[int], size: int = 10) -> str:
@@ -202,12 +205,82 @@ class QLearners:
             yield EpisodeBatch(k, states, actions, rewards, lengths)
 
 
+class SweepExperts:
+    """An in-context expert per goal (``algo="sweep"``): it searches the room until it finds the goal, then
+    goes straight to it in every later episode -- the behaviour an in-context learner should distil.
+
+    Searching stays put for the first step (is the start the goal?), then is a boustrophedon sweep that is a
+    function of the position only (row y even: right, row y odd: left, down at the row's end), so every cell
+    has one search action and the sweep reaches every cell within an episode; the first reward ends the search (the agent stays on the goal from then on, as the dense
+    variant rewards).  Once the goal is known (from the first episode that found it) each episode takes a
+    shortest path, choosing at random (own generator per goal) which axis to move along when both are open,
+    with a uniformly random action at probability ``noise`` per step, and stays on the goal.  Same
+    interface as :class:`QLearners`."""
+
+    def __init__(self, goals: Sequence[Sequence[int]], episodes: int, config: LearnerConfig = LearnerConfig("sweep"),
+                 seed: int = 0, size: int = 10, max_steps: int = 100, variant: str = "dense", start: Sequence[int] = (0, 0)):
+        self.env = DarkRoomBatch(goals, size=size, max_steps=max_steps, variant=variant, start=start)
+        self.goals = [tuple(int(v) for v in g) for g in self.env.goals]
+        self.episodes, self.config, self.size, self.max_steps = int(episodes), config, int(size), int(max_steps)
+        self.known = np.zeros(self.env.num_envs, dtype=bool)
+        self.rngs = [_rng(seed, g) for g in self.goals]
+
+    def _sweep(self, pos: np.ndarray) -> np.ndarray:
+        x, y, last = pos[:, 0], pos[:, 1], self.size - 1
+        even = y % 2 == 0
+        along = np.where(even, 1, 3)  # right on even rows, left on odd rows
+        at_end = np.where(even, x == last, x == 0)
+        return np.where(at_end, np.where(y == last, 4, 2), along)
+
+    def _towards(self, pos: np.ndarray, u: np.ndarray) -> np.ndarray:
+        goal = np.array(self.goals)
+        dx, dy = goal[:, 0] - pos[:, 0], goal[:, 1] - pos[:, 1]
+        move_x = np.where(dx > 0, 1, 3)
+        move_y = np.where(dy > 0, 2, 0)
+        both = (dx != 0) & (dy != 0)
+        use_x = np.where(both, u < 0.5, dx != 0)
+        return np.where((dx == 0) & (dy == 0), 4, np.where(use_x, move_x, move_y))
+
+    def run(self) -> Iterator[EpisodeBatch]:
+        env, T, n = self.env, self.max_steps, self.env.num_envs
+        for k in range(self.episodes):
+            u = np.stack([rng.random((T, 3)) for rng in self.rngs])  # [N, T, (axis, noise?, random action)]
+            states = np.zeros((n, T, 2), dtype=np.float32)
+            actions = np.zeros((n, T), dtype=np.int64)
+            rewards = np.zeros((n, T), dtype=np.float32)
+            lengths = np.zeros(n, dtype=np.int64)
+            env.reset()
+            found = self.known.copy()  # found in this episode (or known before)
+            for t in range(T):
+                live = ~env.done
+                if not live.any():
+                    break
+                pos = env.pos.copy()
+                search = self._sweep(pos) if t > 0 else np.full(n, 4)  # the first search step tries the start cell
+                a = np.where(found, self._towards(pos, u[:, t, 0]), search)
+                noisy = self.known & (u[:, t, 1] < self.config.noise)
+                a = np.where(noisy, np.minimum((u[:, t, 2] * NUM_ACTIONS).astype(np.int64), NUM_ACTIONS - 1), a)
+                states[:, t] = pos
+                actions[:, t] = a
+                _, r, _, _ = env.step(a)
+                found |= live & (r > 0)
+                rewards[:, t] = r
+                lengths += live
+            self.known |= found
+            yield EpisodeBatch(k, states, actions, rewards, lengths)
+
+
+def _agents(goals, episodes, config: LearnerConfig, seed, size, max_steps, variant, start):
+    cls = SweepExperts if config.algo == "sweep" else QLearners
+    return cls(goals, episodes, config, seed, size, max_steps, variant, start)
+
+
 def learning_histories(goals: Sequence[Sequence[int]], episodes_per_goal: int, algo: str = "ucb_q", seed: int = 0,
                        size: int = 10, max_steps: int = 100, variant: str = "dense", start: Sequence[int] = (0, 0),
                        config: LearnerConfig | None = None) -> Iterator[tuple[int, list[Episode]]]:
     """In memory: yields ``(k, [episode k of each goal])`` for k = 0 .. episodes_per_goal - 1."""
     config = config or LearnerConfig(algo=algo)
-    learners = QLearners(goals, episodes_per_goal, config, seed, size, max_steps, variant, start)
+    learners = _agents(goals, episodes_per_goal, config, seed, size, max_steps, variant, start)
     for batch in learners.run():
         yield batch.k, [batch.episode(i, g) for i, g in enumerate(learners.goals)]
 
@@ -297,7 +370,7 @@ def _run_job(job: _Job, report: Callable[[int], None]) -> dict[str, dict]:
     """Simulate the histories of ``job.goals`` together and write their missing episodes; mark them complete."""
     names = [task_name(g, job.size) for g in job.goals]
     dirs = [job.out_dir / name for name in names]
-    learners = QLearners(job.goals, job.episodes, job.config, job.seed, job.size, job.max_steps, job.variant, job.start)
+    learners = _agents(job.goals, job.episodes, job.config, job.seed, job.size, job.max_steps, job.variant, job.start)
     n = len(job.goals)
     returns = np.zeros((n, job.episodes))
     lengths = np.zeros((n, job.episodes), dtype=np.int64)
@@ -476,7 +549,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--episodes-per-goal", type=int, default=1000, help="episodes in each goal's history (default: 1000)")
     p.add_argument("--workers", type=int, default=2, help="processes (default: 2; 0/1 = in-process)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    p.add_argument("--algo", choices=ALGOS, default="ucb_q", help="learning agent (default: ucb_q)")
+    p.add_argument("--algo", choices=ALGOS, default="ucb_q",
+                   help="learning agent: ucb_q (default), q, or sweep (an in-context expert: searches the room until it "
+                        "finds the goal, then goes straight to it in every later episode)")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="sweep only: probability of a random action per step once the goal is known (default: 0)")
     p.add_argument("--variant", choices=VARIANTS, default="dense", help="reward variant (default: dense)")
     p.add_argument("--format", dest="fmt", choices=("npz", "hdf5"), default="npz", help="episode file format (default: npz)")
     p.add_argument("--compress", action="store_true", help="compress the episode files")
@@ -488,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = generate_learning_histories(
             args.out, args.goals, args.episodes_per_goal, algo=args.algo, seed=args.seed, workers=args.workers,
+            config=LearnerConfig(algo=args.algo, noise=args.noise),
             fmt=args.fmt, compress=args.compress, size=args.size, max_steps=args.max_steps, variant=args.variant,
             progress=not args.quiet,
         )  # fmt: skip
