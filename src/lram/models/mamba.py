@@ -18,26 +18,34 @@ Parameter names equal ``mamba_ssm``'s and ``mambapy``'s (``blocks.{i}`` here, ``
 State per block i (fp32): ``conv.{i}`` [B, d_conv - 1, ED], the last conv inputs, and ``h.{i}`` [B, ED, N].
 
 Kernels.  ``kernel="auto"`` (default) uses the ``mamba_ssm`` CUDA kernels when that package is installed
-and the input is on a GPU, and the pure-PyTorch scan otherwise; ``"torch"`` always uses PyTorch;
-``"mamba_ssm"`` requires the kernels.  The CPU path never imports ``mamba_ssm``.
+and the input is on a GPU; ``"mamba_ssm"`` requires them; ``"torch"`` never uses them.  The CPU path never
+imports ``mamba_ssm``.  On the CPU, ``train_kernel`` ("auto": lram's compiled kernels when they build,
+float32, no autocast; "fused": require them; "torch": PyTorch ops only) selects lram's fused ops for the
+sequence ``forward`` (training, and inference without autograd):
 
-The PyTorch scan (:func:`selective_scan`, the default off-GPU) is a sequential loop over time inside chunks
-of ``scan_chunk`` steps (exp(delta A) and delta B x are formed per chunk, one multiply-add per step), with a
-hand-written backward (a reverse scan that recomputes each chunk from the state saved at its start).
-Measured on the 2-core CPU (shared, so +-15%), B=32, T=150, ED=1024, N=16, scan forward + backward:
+* the scan with softplus(dt + bias), the D skip and the SiLU(z) gate as one op forward and one backward
+  (:func:`fused_selective_scan`: ``torch.ops.lram.selective_scan_fwd`` / ``_bwd``, ``mamba_train_cpu.cpp``).
+  16 channels per vector, the N state rows of a channel block in registers; the forward keeps the state
+  every ``scan_chunk`` steps, the backward recomputes each chunk from it and runs the reverse recurrence;
+* RMSNorm as one op each way (``rms_norm_fwd`` / ``_bwd``; PyTorch's backward is ~10 ops);
+* in_proj's backward as one product per half of the weight (no concatenation of the x and z gradients).
 
-* this chunked scan: 0.36-0.48 s for chunks of 4-16 (default 8: ~0.40 s; 1 thread ~0.5 s).  It keeps only
-  T/chunk states for the backward: peak memory of a 4-block D=512 backbone, fwd+bwd, 1.8 GB;
-* the same loop under plain autograd (``unbind``-ed slices): ~0.42 s (1 thread ~0.63 s), but it keeps two
-  [B, T, ED, N] tensors per block alive (4.5 GB for the same backbone); slicing ``x[:, t]`` instead of
-  ``unbind`` is 2-100x slower in the backward (each slice's gradient is a full-size zero tensor);
-* log-space chunks (h_t = exp(S_t) * cumsum(exp(-S_s) u_s), S = cumsum(delta A)): 4.5-9 s, and NaN as soon
-  as the decay over a chunk passes exp(-88) (fp32 overflow), so not exact in general;
-* Blelloch parallel scan (``mambapy.pscan``): 4.7-8 s (log T passes over [B, T, ED, N] tensors).
+The PyTorch scan (:func:`selective_scan`, the reference and the fallback) is a sequential loop over time
+inside chunks of ``scan_chunk`` steps (exp(delta A) and delta B x per chunk, one multiply-add per step),
+with a hand-written backward (a reverse scan that recomputes each chunk from the state saved at its start).
+It keeps only T/chunk states for the backward; the same loop under plain autograd keeps two [B, T, ED, N]
+tensors per block, log-space chunks overflow fp32 past exp(-88), and a Blelloch scan (``mambapy.pscan``) is
+10-20x slower on the CPU.
 
-Whole backbone, D=512, 8 blocks, B=32, T=150, forward + backward: ~5.7-6 s.  ``step`` at batch 1 on 3
-tokens (D=512, 8 blocks): ~7.5-8.5 ms, against ~4 ms for one pass over its weight matrices (the
-memory-bound floor); the scan is ~1.5 ms of the difference, the other small ops the rest.
+Measured on the shared 2-core CPU (noisy: other jobs ran meanwhile; best of several runs): the scan with
+softplus, skip and gate, B=32, T=150, ED=1024, N=16, forward + backward, one thread: fused 0.13 s, PyTorch
+1.3 s; per 16M-preset block (B=8, T=150, ED=1024) fused ~7 ms forward and ~13 ms backward on one thread.
+Whole backbone, D=512, 8 blocks, B=32, T=150, forward + backward: 3.0 s (2 threads), 6.3 s (1 thread), against
+16 s for ``train_kernel="torch"`` on one thread.  A full optimizer step of the 16M policy (C=50, B=8),
+single-thread CPU time: Transformer ~0.9 s, Mamba ~1.2 s (``train_kernel="torch"``: ~3.1 s); the remaining
+Mamba time is mostly the matrix products (~55%), the causal conv (~15%, PyTorch ops) and the scan (~15%).
+``step`` at batch 1 on 3 tokens (D=512, 8 blocks): ~7.5-8.5 ms, against ~4 ms for one pass over its weight
+matrices (the memory-bound floor); the scan is ~1.5 ms of the difference, the other small ops the rest.
 
 ``step`` (k >= 1 new tokens) runs the same layer code on [B, k, D]: every weight matrix is read once per
 call and only the scan loops over the k tokens.
@@ -56,8 +64,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lram.models.backbone import Backbone
-from lram.models.kernels import STEP_KERNELS, cached_step_arguments, fused_step_applies
-from lram.models.layers import Linear
+from lram.models.kernels import STEP_KERNELS, cached_step_arguments, fused_step_applies, fused_training_applies
+from lram.models.kernels import training as train_ops
+from lram.models.layers import Linear, exporting
 from lram.models.state import RecurrentState
 from lram.utils.checks import check_choice, check_positive_int
 
@@ -80,7 +89,7 @@ class MambaConfig:
     dt_max: float = 0.1
     dt_init_floor: float = 1e-4
     norm_eps: float = 1e-5
-    scan_chunk: int = 8  # PyTorch scan: time steps per chunk (the backward keeps one state per chunk)
+    scan_chunk: int = 8  # time steps per chunk of the scans (their backward keeps one state per chunk)
     kernel: str = "auto"  # "auto" | "torch" | "mamba_ssm"
     # inference step on the CPU: "auto" = the fused compiled kernel when it builds, else PyTorch ops;
     # "fused" = require it; "torch" = PyTorch ops only (see lram.models.kernels)
@@ -202,6 +211,55 @@ def selective_scan(delta, dx, A, B, C, h0, chunk: int = 8):
     return y.transpose(0, 1), h
 
 
+# ============================================================================ selective scan (fused CPU op)
+FUSED_SCAN_OPS = ("selective_scan_fwd", "selective_scan_bwd")
+
+
+def fused_scan_available() -> bool:
+    """Whether lram's compiled CPU scan ops (``mamba_train_cpu.cpp``) are registered."""
+    return all(hasattr(torch.ops.lram, op) for op in FUSED_SCAN_OPS)
+
+
+class _FusedSelectiveScan(torch.autograd.Function):
+    """``torch.ops.lram.selective_scan_fwd`` / ``_bwd``: the forward keeps the state every ``chunk`` steps,
+    the backward recomputes each chunk from it."""
+
+    @staticmethod
+    def forward(ctx, delta, x, A, B, C, h0, D, z, delta_bias, softplus, mul_delta, chunk):
+        ctx.set_materialize_grads(False)
+        y, h, ck = torch.ops.lram.selective_scan_fwd(delta, x, A, B, C, h0, D, z, delta_bias, softplus, mul_delta, chunk)
+        ctx.save_for_backward(delta, x, A, B, C, h0, D, z, delta_bias, ck)
+        ctx.flags = (softplus, mul_delta, chunk)
+        return y, h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, gh):
+        delta, x, A, B, C, h0, D, z, delta_bias, ck = ctx.saved_tensors
+        softplus, mul_delta, chunk = ctx.flags
+        if gy is None:
+            gy = torch.zeros_like(delta)
+        grads = torch.ops.lram.selective_scan_bwd(gy, gh, delta, x, A, B, C, h0, D, z, delta_bias, softplus, mul_delta,
+                                                  ck, chunk)
+        return (*grads, None, None, None)
+
+
+def fused_selective_scan(delta, x, A, B, C, h0=None, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         mul_delta=False, chunk: int = 8):
+    """The selective scan as one compiled CPU op forward and one backward (float32, batch-first, strided
+    views allowed): with delta' = softplus(delta + delta_bias) (or delta [+ delta_bias]),
+    h_t = exp(delta'_t A) h_{t-1} + u_t B_t (u = delta' x if ``mul_delta`` else x) from h0 (zeros if None)
+    and y_t = (C_t . h_t + D x_t) * SiLU(z_t) (D, z optional).  delta, x, z [B, T, E], A [E, N], B, C
+    [B, T, N], h0 [B, E, N]; returns (y [B, T, E], h_T).  ``selective_scan(delta, dx, A, B, C, h0)`` is the
+    case without the optional terms.  With autograd the forward keeps the state every ``chunk`` steps for the
+    backward (and no [B, T, E, N] tensor)."""
+    tensors = (delta, x, A, B, C, h0, D, z, delta_bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _FusedSelectiveScan.apply(*tensors, delta_softplus, mul_delta, chunk)
+    y, h, _ = torch.ops.lram.selective_scan_fwd(*tensors, delta_softplus, mul_delta, 0)
+    return y, h
+
+
 # ============================================================================ optional mamba_ssm kernels
 _mamba_ssm: SimpleNamespace | str | None = None  # None: not tried yet; str: why the import failed
 
@@ -248,15 +306,72 @@ def _no_autocast(device_type: str):
 
 
 # ============================================================================ modules
-class RMSNorm(nn.Module):
-    """RMSNorm with a weight (computed in fp32, like ``mamba_ssm``)."""
+def _fused_training(mode: str, *tensors: torch.Tensor) -> bool:
+    """Whether lram's fused CPU training ops apply (``train_kernel`` ``mode``, see
+    :func:`lram.models.kernels.fused_training_applies`); never while a graph is exported or traced."""
+    if exporting() or torch.jit.is_tracing():
+        return False
+    return fused_training_applies(mode, *tensors)
 
-    def __init__(self, dim: int, eps: float):
+
+class _FusedRMSNorm(torch.autograd.Function):
+    """``torch.ops.lram.rms_norm_fwd`` / ``_bwd`` (one pass per row each way)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        y, rstd = torch.ops.lram.rms_norm_fwd(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, weight, rstd = ctx.saved_tensors
+        gx, gw = torch.ops.lram.rms_norm_bwd(gy, x, weight, rstd)
+        return gx, gw, None
+
+
+class _SplitLinear(torch.autograd.Function):
+    """``F.linear(u, weight).chunk(2, -1)`` whose backward multiplies by each half of the weight instead of
+    concatenating the two halves' gradients first (a copy of the [B, T, 2 ED] gradient per block)."""
+
+    @staticmethod
+    def forward(ctx, u, weight):
+        ctx.save_for_backward(u, weight)
+        return F.linear(u, weight).chunk(2, dim=-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gx, gz):
+        u, weight = ctx.saved_tensors
+        half = weight.shape[0] // 2
+        u2 = u.reshape(-1, u.shape[-1])
+        gx = (torch.zeros_like(u2[:, :1]).expand(-1, half) if gx is None else gx.reshape(-1, half))
+        gz = (torch.zeros_like(u2[:, :1]).expand(-1, half) if gz is None else gz.reshape(-1, half))
+        gu = gw = None
+        if ctx.needs_input_grad[0]:
+            gu = torch.addmm(gx @ weight[:half], gz, weight[half:]).view_as(u)
+        if ctx.needs_input_grad[1]:
+            gw = torch.empty_like(weight)
+            torch.mm(gx.t(), u2, out=gw[:half])
+            torch.mm(gz.t(), u2, out=gw[half:])
+        return gu, gw
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a weight (computed in fp32, like ``mamba_ssm``).  In training on the CPU (``train_kernel``)
+    it runs as one compiled op forward and one backward."""
+
+    def __init__(self, dim: int, eps: float, train_kernel: str = "auto"):
         super().__init__()
         self.eps = eps
+        self.train_kernel = train_kernel
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and _fused_training(self.train_kernel, x, self.weight)
+                and hasattr(torch.ops.lram, "rms_norm_fwd")):
+            return _FusedRMSNorm.apply(x, self.weight, self.eps)
         return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).to(x.dtype)
 
 
@@ -281,9 +396,16 @@ class MambaMixer(nn.Module):
     def _conv(self, x: torch.Tensor, conv_state: torch.Tensor | None):
         """SiLU(causal depthwise conv) of x [B, T, E] continuing from the last d_conv - 1 inputs."""
         K = self.cfg.d_conv
+        T = x.shape[1]
+        if T > 8 and _fused_training(self.cfg.train_kernel, x, self.conv1d.weight) and train_ops.available("causal_conv_fwd"):
+            # training windows on the CPU: conv + SiLU as one fused op forward and backward
+            state = None if conv_state is None else conv_state.to(x.dtype)
+            y = train_ops.causal_conv(x, self.conv1d.weight.view(-1, K), self.conv1d.bias, state, True)
+            tail = x[:, T - (K - 1) :] if T >= K - 1 else torch.cat([x.new_zeros(x.shape[0], K - 1 - T, x.shape[2])
+                                                                      if state is None else state[:, T:], x], dim=1)
+            return y, tail.to(torch.float32, copy=True)
         prev = x.new_zeros(x.shape[0], K - 1, x.shape[2]) if conv_state is None else conv_state.to(x.dtype)
         xs = torch.cat([prev, x], dim=1)
-        T = x.shape[1]
         w = self.conv1d.weight.squeeze(1)  # [E, K]
         if T <= 8:  # a few tokens (inference): windows times taps, one op
             y = (xs.unfold(1, K, 1) * w).sum(-1) + self.conv1d.bias
@@ -301,6 +423,24 @@ class MambaMixer(nn.Module):
         dt, B, C = self.x_proj(x).split([R, N, N], dim=-1)
         return F.linear(dt, self.dt_proj.weight), B, C
 
+    def _fused_scan_applies(self, *tensors) -> bool:
+        """Whether the sequence scan runs on the fused CPU op (``train_kernel``, see
+        :func:`lram.models.kernels.fused_training_applies`)."""
+        mode = self.cfg.train_kernel
+        if not _fused_training(mode, *(t for t in tensors if t is not None)):
+            return False
+        if fused_scan_available():
+            return True
+        if mode == "fused":
+            raise RuntimeError("train_kernel='fused': lram's compiled CPU kernels lack the selective_scan ops")
+        return False
+
+    def _scan_fused(self, x, z, dt, B, C, h):
+        """The fused CPU scan: softplus(dt + bias), the recurrence, skip and gate in one op."""
+        A = -torch.exp(self.A_log)
+        return fused_selective_scan(dt, x, A, B, C, h, self.D, z, self.dt_proj.bias, delta_softplus=True,
+                                    mul_delta=True, chunk=self.cfg.scan_chunk)
+
     def _scan_torch(self, x, z, dt, B, C, h):
         """PyTorch selective scan + skip + gate, fp32 inside."""
         xf = x.float()
@@ -315,10 +455,17 @@ class MambaMixer(nn.Module):
     # ------------------------------------------------------------ modes
     def forward(self, u: torch.Tensor, conv_state: torch.Tensor | None = None, h: torch.Tensor | None = None):
         """u [B, T, D] -> (out [B, T, D], conv_state, h); None states mean a fresh sequence."""
-        x, z = self.in_proj(u).chunk(2, dim=-1)
+        if (torch.is_grad_enabled() and self.in_proj.bias is None
+                and _fused_training(self.cfg.train_kernel, u, self.in_proj.weight)):
+            x, z = _SplitLinear.apply(u, self.in_proj.weight)
+        else:
+            x, z = self.in_proj(u).chunk(2, dim=-1)
         x, conv_state = self._conv(x, conv_state)
         dt, B, C = self._ssm_inputs(x)
         kernels = _kernels_for(u, self.cfg.kernel)
+        if kernels is None and self._fused_scan_applies(x, z, dt, B, C, h, self.A_log, self.D, self.dt_proj.bias):
+            y, h = self._scan_fused(x, z, dt, B, C, h)
+            return self.out_proj(y), conv_state, h
         with _no_autocast(u.device.type):
             if kernels is None:
                 y, h = self._scan_torch(x, z, dt, B, C, h)
@@ -386,7 +533,7 @@ class MambaBlock(nn.Module):
 
     def __init__(self, cfg: MambaConfig):
         super().__init__()
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.train_kernel)
         self.mixer = MambaMixer(cfg)
 
     def forward(self, x, conv_state=None, h=None):
@@ -410,7 +557,7 @@ class MambaBackbone(Backbone):
         if config.kernel == "mamba_ssm":
             _require_mamba_ssm()  # fail at build time, with the install hint
         self.blocks = nn.ModuleList(MambaBlock(config) for _ in range(config.num_blocks))
-        self.norm_f = RMSNorm(config.d_model, config.norm_eps)
+        self.norm_f = RMSNorm(config.d_model, config.norm_eps, config.train_kernel)
         self._keys = [(f"conv.{i}", f"h.{i}") for i in range(config.num_blocks)]
         self.reset_parameters()
 
