@@ -5,7 +5,8 @@ The task is a small Dark-Room (5 x 5, 24 steps, the goal fixed at (3, 2)) that s
 random cell, so the way to the goal depends on the observed position.  The data are expert episodes
 (shortest path, then staying on the goal) and random-policy episodes, so the return-to-go tells them
 apart.  A tiny xLSTM is trained on them with lram's trainer and evaluated with lram's evaluation loop
-(recurrent agent, return-to-go updated from the rewards).  It must
+(recurrent agent, states standardised by the statistics in the checkpoint, return-to-go updated from the
+rewards).  It must
 
 * beat the random policy by a wide margin when asked for the experts' return;
 * act much worse when asked for the random episodes' return (it follows the return-to-go), and
@@ -97,7 +98,7 @@ def trained(tmp_path_factory):
 
 
 def mean_return(policy, entry, target: float, zero_obs: bool = False, episodes: int = 20) -> float:
-    spec = ActingSpec(discrete=True, reward_scale=float(entry["reward_scale"]), num_actions=5)
+    spec = ActingSpec.from_registry(entry)  # as lram eval acts: reward scale, state normalisation of the data
     results = evaluate_task(policy, lambda i: RandomStartRoom(zero_obs), spec, episodes=episodes, target_return=target,
                             num_envs=10, seed=500)
     return float(np.mean([r.total_return for r in results]))

@@ -21,16 +21,19 @@ def _policy(backbone, use_images=False):
     return policy
 
 
-@pytest.mark.parametrize("backbone,discrete", [("xlstm[1:0]", False), ("xlstm[7:1]", True), ("mamba", False)])
-def test_onnx_step_acts_like_the_agent(tmp_path, backbone, discrete):
+@pytest.mark.parametrize("backbone,discrete,normalised", [("xlstm[1:0]", False, False), ("xlstm[7:1]", True, False),
+                                                           ("mamba", False, False), ("xlstm[1:0]", False, True)])
+def test_onnx_step_acts_like_the_agent(tmp_path, backbone, discrete, normalised):
+    """... also with the domain's state normalisation baked into the graph (raw observations in)."""
     policy = _policy(backbone)
-    path = export_onnx(policy, tmp_path / "step.onnx", discrete=discrete)
+    stats = dict(state_mean=np.linspace(-1, 1, 11).tolist(), state_std=np.linspace(0.5, 2, 11).tolist()) if normalised else {}
+    path = export_onnx(policy, tmp_path / "step.onnx", discrete=discrete, **stats)
     meta = read_sidecar(path)
     sess = ort.InferenceSession(str(path))
     for B in (1, 3):  # the batch dimension is dynamic
         limit = np.array([5, 3, 18][:B]) if discrete else np.array([4, 6, 2][:B])
         agent = policy.make_agent(B, discrete=discrete, num_actions=torch.as_tensor(limit) if discrete else None,
-                                  action_dims=None if discrete else torch.as_tensor(limit), reward_scale=10.0)
+                                  action_dims=None if discrete else torch.as_tensor(limit), reward_scale=10.0, **stats)
         state = initial_state(meta["state"], B)
         rng = np.random.default_rng(B)
         prev = np.zeros(B, dtype=np.float32)

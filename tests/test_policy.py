@@ -273,3 +273,20 @@ def test_in_context_windows_across_episodes_match_agent_keeping_context(name):
         logits.append(agent.last_logits)
         prev_r = rewards[:, t]
     assert rel_err(torch.stack(logits, 1), out.logits) <= 1e-4
+
+
+def test_agent_standardises_observations_with_the_domains_statistics():
+    """An agent given the domain's state_mean / state_std acts on raw observations exactly as an agent without
+    them acts on standardised ones (what training saw)."""
+    torch.manual_seed(0)
+    model = LRAMPolicy.from_preset("tiny", "xlstm[1:0]", use_images=False).eval()
+    mean, std = torch.randn(7), torch.rand(7) + 0.5
+    a = model.make_agent(2, discrete=False, action_dims=3, reward_scale=10.0, state_mean=mean, state_std=std)
+    b = model.make_agent(2, discrete=False, action_dims=3, reward_scale=10.0)
+    for _ in range(4):
+        obs, r, rtg = torch.randn(2, 7) * 3, torch.rand(2), torch.rand(2) * 50
+        assert torch.equal(a.act(obs, r, rtg), b.act((obs - mean) / std, r, rtg))
+    with pytest.raises(ValueError, match="state_mean, state_std"):
+        model.make_agent(1, discrete=False, action_dims=3, state_mean=mean)
+    with pytest.raises(ValueError, match="obs: 9 features"):
+        a.act(torch.randn(2, 9), torch.zeros(2), torch.zeros(2))

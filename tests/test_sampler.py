@@ -181,3 +181,28 @@ def test_broken_episode_is_never_trained_on():
     with pytest.raises(Exception, match="episode 2: field 'rewards': contains NaN/inf"):
         for step in range(20):
             s.batch(step)
+
+
+def test_state_normalisation_statistics_and_windows():
+    """state_statistics: per-dimension mean / std over the domain's episodes (numpy's, for tasks of different
+    widths; constant dimensions keep std 1); the sampler standardises real dimensions, padding stays 0."""
+    from lram.data.normalization import state_statistics
+
+    tasks = [MemoryTask("reach", [30, 50], obs_dim=5, tid=1), MemoryTask("push", [40], obs_dim=7, tid=2)]
+    mean, std = state_statistics(tasks)
+    rows5 = np.concatenate([t.eps[i]["states"][:, :5] for t in tasks for i in range(len(t.lengths))])
+    rows7 = tasks[1].eps[0]["states"]
+    assert np.allclose(mean[:5], rows5.mean(0), atol=1e-5) and np.allclose(mean[5:], rows7[:, 5:].mean(0), atol=1e-5)
+    want_std = rows5.std(0)
+    want_std[want_std < 1e-6] = 1.0
+    assert np.allclose(std[:5], want_std, rtol=1e-4)
+    assert np.all(std[3:5] == 1.0)  # constant (zero) columns
+    dom = DomainData("metaworld", tasks, reward_scale=1.0, state_mean=mean, state_std=std)
+    raw = DomainData("metaworld", tasks, reward_scale=1.0)
+    cfg = SamplerConfig(context=20, batch_size=6, valid_fraction=0.0)
+    _, b = WindowSampler([dom], cfg).batch(2)
+    _, r = WindowSampler([raw], cfg).batch(2)
+    m = r.timestep_mask
+    w = r.states.shape[-1]  # the batch's widest task
+    assert torch.allclose(b.states[m], (r.states[m] - torch.from_numpy(mean[:w])) / torch.from_numpy(std[:w]), atol=1e-5)
+    assert torch.count_nonzero(b.states[~m]) == 0

@@ -45,6 +45,9 @@ class DomainData:
     # condition on the return-to-go (the paper); False: the domain's windows carry a return-to-go of 0, and
     # so does acting (in-context RL without a target return, as Algorithm Distillation)
     return_condition: bool = True
+    # vector states are standardised by these (float32 [d]; None: raw states, the paper)
+    state_mean: np.ndarray | None = None
+    state_std: np.ndarray | None = None
 
     @property
     def discrete(self) -> bool:
@@ -253,6 +256,9 @@ class WindowSampler:
             s = w["states"]
             if image:
                 states[b, sl] = s
+            elif dom.data.state_mean is not None:
+                d = s.shape[1]
+                states[b, sl, :d] = (s - dom.data.state_mean[:d]) / dom.data.state_std[:d]
             else:
                 states[b, sl, : s.shape[1]] = s
             if dom.data.return_condition:

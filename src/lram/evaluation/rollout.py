@@ -47,13 +47,22 @@ class ActingSpec:
     action_dim: int | None = None  # continuous domains
     in_context: bool = False  # keep the recurrent state across episodes
     return_condition: bool = True  # False: the domain was trained with a return-to-go of 0; act with 0 too
+    state_mean: list[float] | None = None  # the domain's state normalisation (None: raw observations)
+    state_std: list[float] | None = None
 
     @classmethod
     def from_registry(cls, entry: dict) -> ActingSpec:
         return cls(discrete=bool(entry["discrete"]), reward_scale=float(entry["reward_scale"]),
                    num_actions=entry.get("num_actions"), action_dim=int(entry.get("action_dim", 1)),
                    in_context=bool(entry.get("in_context", False)),
-                   return_condition=bool(entry.get("return_condition", True)))
+                   return_condition=bool(entry.get("return_condition", True)),
+                   state_mean=entry.get("state_mean"), state_std=entry.get("state_std"))
+
+    def agent(self, policy, num_envs: int):
+        """A recurrent agent for ``num_envs`` environments of this domain."""
+        return policy.make_agent(num_envs, discrete=self.discrete, num_actions=self.num_actions if self.discrete else None,
+                                 action_dims=None if self.discrete else self.action_dim, reward_scale=self.reward_scale,
+                                 state_mean=self.state_mean, state_std=self.state_std)
 
 
 def check_env_fits(env: gym.Env, spec: ActingSpec) -> None:
@@ -88,8 +97,7 @@ def evaluate_task(policy, make_env: Callable[[int], gym.Env], spec: ActingSpec, 
     n = min(num_envs, episodes)
     envs = [make_env(i) for i in range(n)]
     check_env_fits(envs[0], spec)
-    agent = policy.make_agent(n, discrete=spec.discrete, num_actions=spec.num_actions if spec.discrete else None,
-                              action_dims=None if spec.discrete else spec.action_dim, reward_scale=spec.reward_scale)
+    agent = spec.agent(policy, n)
     rtg_scale = 1.0 if spec.return_condition else 0.0  # a domain trained without return-to-go acts with 0
     results: dict[int, EpisodeResult] = {}
     episode_of = list(range(n))  # the episode each env is playing (-1: done, idle)

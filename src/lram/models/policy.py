@@ -463,11 +463,13 @@ class RecurrentAgent:
 
     Parameters: ``discrete`` (the action kind of these environments), ``num_actions`` (valid discrete
     actions, int or per row) or ``action_dims`` (continuous dims, int or per row), ``reward_scale`` (int,
-    float or per row).
+    float or per row), ``state_mean`` / ``state_std`` (the domain's state normalisation from the checkpoint's
+    registry: vector observations are standardised by them before embedding, as in training).
     """
 
     def __init__(self, model: LRAMPolicy, num_envs: int, *, discrete: bool, num_actions=None,
-                 action_dims=None, reward_scale: float | torch.Tensor = 1.0, device=None, compile: bool = False):
+                 action_dims=None, reward_scale: float | torch.Tensor = 1.0, device=None, compile: bool = False,
+                 state_mean=None, state_std=None):
         check_positive_int("num_envs", num_envs)
         self.model = model
         self.num_envs = num_envs
@@ -483,6 +485,10 @@ class RecurrentAgent:
             check_range("action_dims", d, 1, cfg.max_act_dim)
             self.action_dims, self.num_actions = d.to(self.device).expand(num_envs), None
         self.reward_scale = torch.as_tensor(reward_scale, dtype=torch.float32, device=self.device).expand(num_envs)
+        if (state_mean is None) != (state_std is None):
+            raise ValueError("state_mean, state_std: give both (the domain's state normalisation) or neither")
+        self.state_mean = None if state_mean is None else torch.as_tensor(state_mean, dtype=torch.float32, device=self.device)
+        self.state_std = None if state_std is None else torch.as_tensor(state_std, dtype=torch.float32, device=self.device)
         self.state = model.backbone.init_state(num_envs, self.device)
         self.fresh = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         self.prev_action_tokens = torch.full((num_envs, cfg.max_act_dim), cfg.action_pad_id, device=self.device)
@@ -533,6 +539,11 @@ class RecurrentAgent:
             check_tensor("prev_reward", prev_reward, [B])
             check_tensor("rtg", rtg, [B])
         prev_reward = torch.where(self.fresh, torch.zeros_like(prev_reward), prev_reward)
+        if self.state_mean is not None and obs.is_floating_point():
+            d = obs.shape[-1]
+            if d > self.state_mean.numel():
+                raise ValueError(f"obs: {d} features, more than the domain's normalisation has ({self.state_mean.numel()})")
+            obs = (obs - self.state_mean[:d]) / self.state_std[:d]
         logits, tensors = self._step_fn(obs, prev_reward, rtg, self.prev_action_tokens, self.state.tensors)
         self.state = RecurrentState(tensors, self.state.signature)
         self.last_logits = logits

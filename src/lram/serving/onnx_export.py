@@ -36,7 +36,7 @@ ONNX_INSTALL = "pip install 'lram[onnx]'  (onnx, onnxscript, onnxruntime)"
 class ExportedStep(nn.Module):
     """The step as a module of plain tensors (what the exporter traces)."""
 
-    def __init__(self, policy, discrete: bool):
+    def __init__(self, policy, discrete: bool, state_mean=None, state_std=None):
         super().__init__()
         if policy.config.backbone == "transformer":
             raise ValueError("export: the Transformer's KV-cache step indexes its cache by the (data-dependent) "
@@ -47,9 +47,19 @@ class ExportedStep(nn.Module):
         self.discrete = discrete
         self.names = list(policy.backbone.init_state(1).tensors)
         self.signature = policy.backbone.state_signature()
+        # the domain's state normalisation, padded to state_dim (padding stays 0); baked into the graph
+        self.normalise = state_mean is not None and not policy.config.use_images
+        if self.normalise:
+            d, D = len(state_mean), policy.config.state_dim
+            mean, std = torch.zeros(D), torch.ones(D)
+            mean[:d], std[:d] = torch.as_tensor(state_mean), torch.as_tensor(state_std)
+            self.register_buffer("state_mean", mean)
+            self.register_buffer("state_std", std)
 
     def forward(self, obs, prev_reward, rtg, reward_scale, limit, *state):
         p = self.policy
+        if self.normalise:
+            obs = (obs - self.state_mean) / self.state_std
         tokens = p.embed_groups(obs, rtg, prev_reward, None, reward_scale, batch_dims=1)
         y, st = p.backbone._step(tokens, RecurrentState(dict(zip(self.names, state)), self.signature))
         logits = p.action_head(y[:, -1]).reshape(obs.shape[0], p.config.max_act_dim, -1)
@@ -71,15 +81,17 @@ def state_layout(policy) -> dict:
     return out
 
 
-def export_onnx(policy, path: str | Path, *, discrete: bool, example_batch: int = 2, opset: int | None = None) -> Path:
-    """Write the step of ``policy`` to ``path`` (ONNX, dynamic batch) and its sidecar ``path.json``."""
+def export_onnx(policy, path: str | Path, *, discrete: bool, example_batch: int = 2, opset: int | None = None,
+                state_mean=None, state_std=None) -> Path:
+    """Write the step of ``policy`` to ``path`` (ONNX, dynamic batch) and its sidecar ``path.json``; with the
+    domain's ``state_mean`` / ``state_std`` the graph standardises raw observations as training did."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as e:
         raise ImportError(f"ONNX export needs onnx and onnxscript: {ONNX_INSTALL}") from e
     policy = policy.eval()
-    step = ExportedStep(policy, discrete)
+    step = ExportedStep(policy, discrete, state_mean, state_std)
     cfg = policy.config
     B = example_batch
     if cfg.use_images:
@@ -101,7 +113,7 @@ def export_onnx(policy, path: str | Path, *, discrete: bool, example_batch: int 
     write_json_atomic(path.with_suffix(path.suffix + ".json"), {
         "format": "lram-onnx-step", "version": 1, "discrete": discrete, "inputs": names,
         "state": state_layout(policy), "obs": {"shape": list(obs.shape[1:]), "dtype": str(obs.dtype).replace("torch.", "")},
-        "config": cfg.to_dict(),
+        "config": cfg.to_dict(), "state_normalised_inside": step.normalise,
     })
     return path
 
@@ -140,7 +152,9 @@ def main(argv=None) -> int:
         name = a.domain or next(iter(domains))
         if name not in domains:
             raise ValueError(f"--domain: {name!r} is not in the checkpoint (it has {', '.join(sorted(domains))})")
-        path = export_onnx(policy, a.out, discrete=bool(domains[name]["discrete"]))
+        entry = domains[name]
+        path = export_onnx(policy, a.out, discrete=bool(entry["discrete"]), state_mean=entry.get("state_mean"),
+                           state_std=entry.get("state_std"))
     except (ValueError, FileNotFoundError, ImportError) as e:
         p.exit(2, f"lram export: error: {e}\n")
     print(f"wrote {path} and {path.name}.json (domain {name}; reward_scale {domains[name]['reward_scale']})")

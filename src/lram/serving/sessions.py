@@ -71,9 +71,7 @@ class SessionManager:
             self._expire()
             if len(self.sessions) >= self.max_sessions:
                 raise SessionError(f"too many sessions: {len(self.sessions)} open (max_sessions={self.max_sessions})")
-            agent = self.policy.make_agent(1, discrete=spec.discrete, num_actions=spec.num_actions if spec.discrete else None,
-                                           action_dims=None if spec.discrete else spec.action_dim,
-                                           reward_scale=spec.reward_scale)
+            agent = spec.agent(self.policy, 1)
             sid = uuid.uuid4().hex
             self.sessions[sid] = Session(agent, spec, target, target, last_used=time.monotonic())
         return sid, self.sessions[sid]

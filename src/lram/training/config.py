@@ -52,6 +52,9 @@ class DataConfig:
     domain_order: str = "round_robin"
     domain_weights: dict | None = None
     valid_fraction: float = 0.025
+    # standardise vector states per domain (statistics saved in the checkpoint, applied when acting); the
+    # paper's code does not (its configs here set false)
+    normalize_states: bool = True
 
 
 @dataclass

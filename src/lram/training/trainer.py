@@ -76,8 +76,14 @@ def open_domains(cfg: Config) -> list[DomainData]:
             tasks = {k: tasks[k] for k in d.tasks}
         if not tasks:
             raise ValueError(f"data.domains[{d.name}].path: no task folders under {d.path}")
+        ordered = [tasks[k] for k in sorted(tasks)]
+        mean = std = None
+        if cfg.data.normalize_states and len(ordered[0].obs_shape) == 1:
+            from lram.data.normalization import state_statistics
+
+            mean, std = state_statistics(ordered)
         domains.append(DomainData(
-            name=d.name, tasks=[tasks[k] for k in sorted(tasks)],
+            name=d.name, tasks=ordered, state_mean=mean, state_std=std,
             reward_scale=float(domain_setting(d.name, "reward_scale", d.reward_scale, 1.0)),
             num_actions=domain_setting(d.name, "num_actions", d.num_actions),
             in_context=bool(domain_setting(d.name, "in_context", d.in_context, False)),
@@ -96,6 +102,8 @@ def domain_registry(domains: list[DomainData]) -> list[dict]:
                     "obs_shape": list(t.obs_shape),
                     "action_dim": int(getattr(t, "action_dim", 1)), "tasks": [x.task for x in d.tasks],
                     "max_returns": {x.task: float(np.max(x.returns)) for x in d.tasks}})
+        if d.state_mean is not None:
+            out[-1].update(state_mean=[float(v) for v in d.state_mean], state_std=[float(v) for v in d.state_std])
     return out
 
 
