@@ -22,39 +22,66 @@ from pathlib import Path
 import numpy as np
 
 DATA = "{out}/demo/data"
-MW = "{{name: metaworld, path: {data}/metaworld}}"
-DR = "{{name: darkroom, path: {data}/darkroom}}"
-
-# name -> overrides of configs/cpu_tiny.yaml (domains: "mw", "dr" or "both")
-ARMS: dict[str, tuple[str, list[str]]] = {
-    "baseline": ("both", ["train.steps=600"]),
-    "mw-600": ("mw", ["train.steps=600"]),
-    "mw-1500": ("mw", ["train.steps=1500"]),
-    "mw-3000": ("mw", ["train.steps=3000"]),
-    "mw-1500-sigma4": ("mw", ["train.steps=1500", "model.label_sigma_bins=4"]),
-    "mw-1500-sigma8": ("mw", ["train.steps=1500", "model.label_sigma_bins=8"]),
-    "mw-1500-b64": ("mw", ["train.steps=1500", "data.batch_size=64"]),
-    "mw-1500-lr3e-3": ("mw", ["train.steps=1500", "optim.lr=3e-3"]),
-    "mw-1500-lr3e-4": ("mw", ["train.steps=1500", "optim.lr=3e-4"]),
-    "mw-1500-c5": ("mw", ["train.steps=1500", "data.context=5"]),
-    "mw-1500-c50": ("mw", ["train.steps=1500", "data.context=50"]),
-    "mw-1500-nortg": ("mw", ["train.steps=1500", "model.rtg_condition=false"]),
-    "both-1500": ("both", ["train.steps=1500"]),
-    "both-3000": ("both", ["train.steps=3000"]),
-    "dr-1500": ("dr", ["train.steps=1500"]),
+SOURCES = {  # domain data sets an arm can train on (made by this script if missing)
+    "mw": ("metaworld", "{out}/demo/data/metaworld", None),
+    "mw-clean": ("metaworld", "{out}/mw_n0", ["--episodes", "40", "--noise", "0"]),
+    "mw-100": ("metaworld", "{out}/mw_e100", ["--episodes", "100", "--noise", "0.1"]),
+    "dr": ("darkroom", "{out}/demo/data/darkroom", None),
+    "dr-sweep": ("darkroom", "{out}/dr_sweep", ["--algo", "sweep", "--noise", "0.1", "--episodes-per-goal", "10"]),
 }
+MW_TASKS = "reach-v3,button-press-topdown-v3,drawer-close-v3"
+
+# name -> (data sources, overrides of configs/cpu_tiny.yaml)
+ARMS: dict[str, tuple[list[str], list[str]]] = {
+    "baseline": (["mw", "dr"], ["train.steps=600"]),
+    "mw-600": (["mw"], ["train.steps=600"]),
+    "mw-1500": (["mw"], ["train.steps=1500"]),
+    "mw-3000": (["mw"], ["train.steps=3000"]),
+    "mw-1500-sigma4": (["mw"], ["train.steps=1500", "model.label_sigma_bins=4"]),
+    "mw-1500-b64": (["mw"], ["train.steps=1500", "data.batch_size=64"]),
+    "mw-1500-lr3e-4": (["mw"], ["train.steps=1500", "optim.lr=3e-4"]),
+    "mw-1500-c5": (["mw"], ["train.steps=1500", "data.context=5"]),
+    "mw-1500-c50": (["mw"], ["train.steps=1500", "data.context=50"]),
+    "mw-1500-nortg": (["mw"], ["train.steps=1500", "model.rtg_condition=false"]),
+    "mwclean-1500": (["mw-clean"], ["train.steps=1500"]),
+    "mw100-1500": (["mw-100"], ["train.steps=1500"]),
+    "mw100-3000": (["mw-100"], ["train.steps=3000"]),
+    "dr-1500": (["dr"], ["train.steps=1500"]),
+    "drsweep-1000-c30": (["dr-sweep"], ["train.steps=1000", "data.context=30"]),
+    "both-sweep-2000": (["mw-100", "dr-sweep"], ["train.steps=2000", "data.context=30"]),
+}
+# the arms above ran before lram normalised states by default (raw states, as the paper); the same arms
+# with standardised states are named "<arm>-n"
+RAW = [k for k in ARMS]
+for _k in RAW:
+    ARMS[_k] = (ARMS[_k][0], ["data.normalize_states=false", *ARMS[_k][1]])
+    ARMS[_k + "-n"] = (ARMS[_k][0], [o for o in ARMS[_k][1] if o != "data.normalize_states=false"])
+
+
+def source_path(out: Path, key: str) -> str:
+    domain, template, args = SOURCES[key]
+    path = Path(template.format(out=out))
+    if not path.exists() and args is not None:
+        from lram.data.generators import darkroom, metaworld
+        from lram.envs.darkroom import goal_split
+
+        if domain == "metaworld":
+            metaworld.main([str(path), "--tasks", MW_TASKS, *args, "--quiet"])
+        else:
+            goals = ";".join(f"{x},{y}" for x, y in goal_split("train"))
+            darkroom.main([str(path), "--goals", goals, *args, "--quiet"])
+    extra = ", return_condition: false" if key == "dr-sweep" else ""
+    return f"{{name: {domain}, path: {path}{extra}}}"
 
 
 def train_arm(out: Path, name: str) -> Path:
     from lram.training.config import load_config
     from lram.training.trainer import train
 
-    which, overrides = ARMS[name]
-    data = DATA.format(out=out)
-    domains = {"mw": [MW], "dr": [DR], "both": [MW, DR]}[which]
+    sources, overrides = ARMS[name]
     run = out / "runs" / name
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cpu_tiny.yaml", [
-        "data.domains=[" + ", ".join(d.format(data=data) for d in domains) + "]", f"logging.run_dir={run}",
+        "data.domains=[" + ", ".join(source_path(out, k) for k in sources) + "]", f"logging.run_dir={run}",
         "logging.tensorboard=false", "train.eval_every=0", "train.checkpoint_every=500", *overrides])
     if not (run / "done").exists():
         t = time.perf_counter()
@@ -77,9 +104,10 @@ def evaluate_arm(run: Path, episodes: int, decodes: list[str]) -> dict:
                 continue  # discrete: decoding of continuous actions does not apply
             tasks = entry["tasks"] if entry["name"] != "darkroom" else entry["tasks"][:: max(1, len(entry["tasks"]) // 10)]
             for task in tasks:
+                in_context = entry["name"] == "darkroom"  # consecutive episodes on one recurrent state
                 rows[f"{entry['name']}/{task}"] = evaluate_one(
-                    policy, entry, task, entry["max_returns"][task], episodes=episodes, num_envs=5, seed=1000,
-                    max_steps=None, random_baseline=True)
+                    policy, entry, task, entry["max_returns"][task], episodes=5 if in_context else episodes,
+                    num_envs=1 if in_context else 5, seed=1000, max_steps=None, random_baseline=True)
         out[decode] = rows
     return out
 

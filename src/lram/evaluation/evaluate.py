@@ -83,9 +83,13 @@ def _task_plan(registry: dict, domains: Sequence[str], tasks: Sequence[str] | No
 
 
 def evaluate_one(policy, entry: dict, task: str, target: float, *, episodes: int, num_envs: int, seed: int,
-                 max_steps: int | None, random_baseline: bool, progress: bool = False) -> dict:
-    """One task of a domain (``entry``: its registry record): the report row (summary, episodes, baseline)."""
+                 max_steps: int | None, random_baseline: bool, progress: bool = False, in_context_envs: int = 1) -> dict:
+    """One task of a domain (``entry``: its registry record): the report row (summary, episodes, baseline).
+    In-context domains run ``in_context_envs`` environments (default 1), each through consecutive episodes
+    on one recurrent state, so that the policy can use what it found in earlier episodes."""
     d = entry["name"]
+    if entry.get("in_context"):
+        num_envs = max(1, in_context_envs)
     t0 = time.perf_counter()
     results = evaluate_task(policy, lambda i: make_eval_env(d, task, seed + i), ActingSpec.from_registry(entry),
                             episodes=episodes, target_return=target, num_envs=num_envs, seed=seed, max_steps=max_steps,
@@ -102,6 +106,7 @@ def task_row(results: Sequence[EpisodeResult], target: float, random_results: Se
     if random_results is not None:
         rand = summarize(random_results)
         row["random_return_mean"] = rand["return_mean"]
+        row["random_success_rate"] = rand["success_rate"]
         row["normalised_score"] = normalised_score(row["return_mean"], rand["return_mean"], target)
     row["in_training_data"] = in_training_data
     return row
@@ -124,7 +129,8 @@ def _worker_job(job):
 
 
 def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
-                        episodes: int = 5, num_envs: int = 5, seed: int = 0, target_return: float | None = None,
+                        episodes: int = 5, num_envs: int = 5, in_context_envs: int = 1, seed: int = 0,
+                        target_return: float | None = None,
                         random_baseline: bool = False, max_steps: int | None = None, device: str = "cpu",
                         workers: int = 1, out: str | Path | None = None, progress: bool = True) -> dict:
     """Evaluate the checkpoint at ``path`` (a run or checkpoint folder); returns (and writes to ``out``) a
@@ -148,7 +154,8 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
             default = entry["max_returns"].get(task, max(entry["max_returns"].values(), default=0.0))
             target = float(target_return if target_return is not None else default)
             jobs.append((entry, task, target))
-    options = {"episodes": episodes, "num_envs": num_envs, "seed": seed, "max_steps": max_steps,
+    options = {"episodes": episodes, "num_envs": num_envs, "in_context_envs": in_context_envs, "seed": seed,
+               "max_steps": max_steps,
                "random_baseline": random_baseline}
     rows: dict[tuple[str, str], dict] = {}
     if workers <= 1 or len(jobs) <= 1:
@@ -227,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "any task of a domain (held-out ones); default: all tasks of the domains")
     p.add_argument("--episodes", type=int, default=5, help="episodes per task (default: 5, as the paper)")
     p.add_argument("--envs", type=int, default=5, help="environments stepped together per task (default: 5)")
+    p.add_argument("--envs-in-context", type=int, default=1,
+                   help="in-context domains (Dark-Room): environments per task, each playing consecutive episodes on "
+                        "one recurrent state (default: 1, all episodes in one context)")
     p.add_argument("--seed", type=int, default=0, help="episode i resets its environment with seed + i")
     p.add_argument("--target-return", type=float, default=None,
                    help="default: the task's best return in the data (a held-out task: the domain's best)")
@@ -248,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out is None and ckpt is not None:
             out = (a.run if a.run != ckpt else ckpt.parent.parent) / "eval" / f"{ckpt.name}.json"
         report = evaluate_checkpoint(a.run, domains=split(a.domains), tasks=split(a.tasks), episodes=a.episodes,
-                                     num_envs=a.envs, seed=a.seed, target_return=a.target_return,
+                                     num_envs=a.envs, in_context_envs=a.envs_in_context, seed=a.seed,
+                                     target_return=a.target_return,
                                      random_baseline=a.random_baseline, max_steps=a.max_steps, workers=a.workers, out=out,
                                      progress=not a.quiet)
     except (ValueError, FileNotFoundError, ImportError) as e:

@@ -405,7 +405,8 @@ class Trainer:
             d = entry["name"]
             results = evaluate_task(self.model, lambda i, d=d, task=task: make_eval_env(d, task, t.seed + i),
                                     ActingSpec.from_registry(entry), episodes=t.rollout_episodes,
-                                    target_return=entry["max_returns"][task], num_envs=t.rollout_envs, seed=t.seed,
+                                    target_return=entry["max_returns"][task], seed=t.seed,
+                                    num_envs=1 if entry.get("in_context") else t.rollout_envs,  # consecutive episodes
                                     max_steps=t.rollout_max_steps or None)
             local.setdefault(d, {})[task] = summarize(results)
         self.model.train()
