@@ -29,3 +29,23 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert main(["--quick", "--quiet", "--out", str(out)]) == 0
     assert sorted(p.name for p in (out / "run" / "checkpoints").glob("step-*")) == first
     assert "held-out Dark-Room goals" in capsys.readouterr().out
+
+
+def test_cpu_tiny_config_is_the_demo_recipe():
+    """configs/cpu_tiny.yaml documents the demo's recipe: the same settings as lram.demo.demo_overrides."""
+    from pathlib import Path
+
+    from lram.demo import DemoBudget, demo_overrides
+    from lram.training.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = load_config(root / "configs" / "cpu_tiny.yaml").to_dict()
+    demo = load_config(None, demo_overrides(Path("out"), Path("data"), DemoBudget())).to_dict()
+    for section, values in shipped.items():
+        for key, value in values.items():
+            if key in ("run_dir", "tensorboard"):
+                continue
+            if key == "domains":
+                value = [{k: v for k, v in d.items() if k != "path"} for d in value]
+                demo[section][key] = [{k: v for k, v in d.items() if k != "path"} for d in demo[section][key]]
+            assert value == demo[section][key], f"{section}.{key}"
