@@ -77,7 +77,19 @@ def make_data(out: Path, budget: DemoBudget, progress: bool) -> Path:
     goals = goal_split("train")[: budget.darkroom_goals]
     darkroom.main([str(data / "darkroom"), "--goals", ";".join(f"{x},{y}" for x, y in goals), "--episodes-per-goal",
                    str(budget.darkroom_episodes), "--algo", "sweep", "--noise", str(budget.darkroom_noise), *quiet])
-    return data
+    # training reads the packed (memory-mapped) copy: ~1 ms per micro-batch against ~20 ms from episode files
+    from lram.data.storage import convert_dataset
+
+    for domain in ("metaworld", "darkroom"):
+        packed = data / "packed" / domain
+        if not packed.exists():  # converted beside it, then renamed: a killed run leaves no half copy
+            import shutil
+
+            partial = packed.with_name(domain + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            convert_dataset(data / domain, partial, "packed", progress=False)
+            partial.rename(packed)
+    return data / "packed"
 
 
 def demo_overrides(out: Path, data: Path, budget: DemoBudget) -> list[str]:
