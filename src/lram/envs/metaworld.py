@@ -49,7 +49,11 @@ MT50_TASKS: tuple[str, ...] = (
 ML45_TEST_TASKS: tuple[str, ...] = ("bin-picking-v3", "box-close-v3", "door-lock-v3", "door-unlock-v3", "hand-insert-v3")
 # The 45 training tasks: MT50 minus the held-out 5.
 ML45_TRAIN_TASKS: tuple[str, ...] = tuple(t for t in MT50_TASKS if t not in ML45_TEST_TASKS)
-TASK_SETS: dict[str, tuple[str, ...]] = {"mt50": MT50_TASKS, "ml45-train": ML45_TRAIN_TASKS, "ml45-test": ML45_TEST_TASKS}
+# Meta-World's MT10 benchmark (the ten tasks of its multi-task suite; v3 names).
+MT10_TASKS: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+                               "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
+TASK_SETS: dict[str, tuple[str, ...]] = {"mt50": MT50_TASKS, "mt10": MT10_TASKS, "ml45-train": ML45_TRAIN_TASKS,
+                                         "ml45-test": ML45_TEST_TASKS}
 
 OBS_DIM = 39
 ACT_DIM = 4
@@ -79,7 +83,7 @@ def check_task_name(name: str) -> str:
 
 
 def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Task names from a set name ('mt50', 'ml45-train', 'ml45-test'), a comma-separated list, or a list.
+    """Task names from a set name ('mt50', 'mt10', 'ml45-train', 'ml45-test'), a comma-separated list, or a list.
 
     Names are checked (ValueError listing the valid ones), duplicates are dropped, order is kept.
     """
