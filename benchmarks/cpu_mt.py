@@ -20,17 +20,19 @@ DMC_TASKS = "point_mass-easy,reacher-easy,ball_in_cup-catch"  # all 2-d actions 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_data(data: Path, sac_timesteps: int) -> None:
+def make_data(data: Path, sac_timesteps: int, quick: bool = False) -> None:
+    """The recipe's data (``quick``: a few episodes of everything, to smoke-test the pipeline)."""
     from lram.data.generators import darkroom, dmcontrol, metaworld
     from lram.data.storage import convert_dataset
     from lram.envs.darkroom import goal_split
 
-    metaworld.main([str(data / "mt10"), "--tasks", "mt10", "--episodes", "100", "--noise", "0.1", "--quiet"])
+    metaworld.main([str(data / "mt10"), "--tasks", "mt10", "--episodes", "2" if quick else "100", "--noise", "0.1",
+                    "--quiet"])
     dmcontrol.main([str(data / "dmc"), "--tasks", DMC_TASKS, "--algo", "sac", "--timesteps", str(sac_timesteps),
-                    "--episodes", "20", "--quiet"])
-    goals = ";".join(f"{x},{y}" for x, y in goal_split("train"))
-    darkroom.main([str(data / "darkroom"), "--goals", goals, "--episodes-per-goal", "10", "--algo", "sweep",
-                   "--noise", "0.1", "--quiet"])
+                    "--episodes", "1" if quick else "20", *(["--max-steps", "100"] if quick else []), "--quiet"])
+    goals = ";".join(f"{x},{y}" for x, y in goal_split("train")[: 3 if quick else None])
+    darkroom.main([str(data / "darkroom"), "--goals", goals, "--episodes-per-goal", "3" if quick else "10",
+                   "--algo", "sweep", "--noise", "0.1", "--quiet"])
     for name in ("mt10", "dmc", "darkroom"):
         packed = data / "packed" / name
         if not packed.exists():
@@ -44,6 +46,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/cpu-mt"))
     p.add_argument("--sac-timesteps", type=int, default=40000, help="SAC training steps per DMControl task")
+    p.add_argument("--quick", action="store_true", help="a smoke test: minutes, meaningless scores")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=3000")
     a = p.parse_args()
     from lram.envs.darkroom import goal_split
@@ -55,13 +58,13 @@ def main() -> int:
     data = a.out / "data"
     times = {}
     t = time.perf_counter()
-    make_data(data, a.sac_timesteps)
+    make_data(data, 300 if a.quick else a.sac_timesteps, a.quick)
     times["data"] = time.perf_counter() - t
     run = a.out / "run"
     cfg = load_config(ROOT / "configs" / "cpu_mt.yaml", [
         f"data.domains=[{{name: metaworld, path: {data / 'packed' / 'mt10'}}}, {{name: dmcontrol, path: {data / 'packed' / 'dmc'}}}, "
         f"{{name: darkroom, path: {data / 'packed' / 'darkroom'}, return_condition: false}}]", f"logging.run_dir={run}",
-        *a.overrides])
+        *(["train.steps=10", "train.checkpoint_every=5"] if a.quick else []), *a.overrides])
     t = time.perf_counter()
     if not (run / "done").exists():
         train(cfg, resume=(run / "checkpoints").exists())
@@ -70,14 +73,16 @@ def main() -> int:
     t = time.perf_counter()
     reports = {}
     for domain, episodes, envs in (("metaworld", 10, 5), ("dmcontrol", 5, 5), ("darkroom", 5, 1)):
+        if a.quick:
+            episodes = 1
         reports[domain] = evaluate_checkpoint(run, domains=[domain], episodes=episodes, num_envs=envs,
                                               random_baseline=True, progress=False)
     scores = {**reports["metaworld"], "domains": {d: r["domains"][d] for d, r in reports.items()}}
     norms = [d["normalised_score"] for d in scores["domains"].values() if d["normalised_score"] is not None]
     scores["normalised_score"] = sum(norms) / len(norms)
     write_json_atomic(a.out / "scores.json", scores)
-    held = [f"darkroom/darkroom_{x}_{y}" for x, y in goal_split("test")]
-    heldout = evaluate_checkpoint(run, tasks=held, episodes=5, random_baseline=True, out=a.out / "heldout.json",
+    held = [f"darkroom/darkroom_{x}_{y}" for x, y in goal_split("test")[: 2 if a.quick else None]]
+    heldout = evaluate_checkpoint(run, tasks=held, episodes=2 if a.quick else 5, random_baseline=True, out=a.out / "heldout.json",
                                   progress=False)
     times["evaluation"] = time.perf_counter() - t
     for report, name in ((scores, "scores.png"), (heldout, "heldout.png")):

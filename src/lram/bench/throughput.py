@@ -190,6 +190,26 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_summary(results: dict) -> str:
+    """One markdown row per configuration: the Transformer's timesteps/s and MFU, then each other backbone's
+    timesteps/s, ratio to the Transformer and MFU (the table of benchmarks/RESULTS.md)."""
+    backbones = list(dict.fromkeys(b for rows in results["configs"].values() for b in rows))
+    head = "| size | C | input | " + " | ".join(backbones) + " |"
+    lines = [head, "|---|---|---|" + "---|" * len(backbones)]
+    for key, rows in results["configs"].items():
+        size, context, kind = key.split("|")
+        cells = []
+        for b in backbones:
+            r = rows.get(b)
+            if r is None:
+                cells.append("")
+                continue
+            ratio = f" **{r['ratio_to_transformer']:.2f}x**" if "ratio_to_transformer" in r else ""
+            cells.append(f"{r['timesteps_per_s']:.0f}{ratio} (MFU {r['mfu']:.2f})")
+        lines.append(f"| {size} | {context} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def check_targets(results: dict) -> list[str]:
     """Lines stating each of issue 8's targets, the measured ratio and whether it holds."""
     lines = []
@@ -219,7 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile", default="", help="print an operator profile of this backbone per configuration")
     p.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default mmap threshold (see lram.utils.memory)")
     p.add_argument("--out", default="benchmarks/out/train_throughput.json")
+    p.add_argument("--summary", action="store_true", help="print one row per configuration (as in RESULTS.md)")
+    p.add_argument("--table-from", default="", help="only print the tables of an earlier --out JSON file")
     a = p.parse_args(argv)
+    if a.table_from:
+        import json
+
+        results = json.loads(open(a.table_from).read())
+        print(format_summary(results) if a.summary else format_table(results))
+        for line in check_targets(results):
+            print(line)
+        return 0
     if a.threads:
         torch.set_num_threads(a.threads)
     backbones = [b for b in a.backbones.split(",") if b]
@@ -259,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.profile:
             print(profile(size, context, kind, a.profile, bs))
         write_json_atomic(a.out, results)
-    print(format_table(results))
+    print(format_summary(results) if a.summary else format_table(results))
     for line in check_targets(results):
         print(line)
     print(f"wrote {a.out}")

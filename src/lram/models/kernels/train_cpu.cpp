@@ -2,9 +2,10 @@
 // blocks, where a chain of PyTorch ops would read and write the activations many times:
 //
 // * block_diag_fwd / block_diag_bwd: the block-diagonal projections of the mLSTM (q, k, v; block size 4).
-//   y[n, b*bs + o] = sum_i W[b, o, i] x[n, b*bs + i] is computed as 2*bs - 1 shifted, contiguous
-//   multiply-adds over the feature axis (the "band" form: output j reads input j + d, d in [-(bs-1), bs-1]),
-//   which vectorises, instead of N * blocks tiny 4 x 4 products.
+//   y[n, b*bs + o] = sum_i W[b, o, i] x[n, b*bs + i] is computed with 4 x 4 blocks as four multiply-adds
+//   of 16 features at a time with in-lane broadcasts (the "quad" form), other block sizes as 2*bs - 1
+//   shifted, contiguous multiply-adds over the feature axis (the "band" form: output j reads input j + d,
+//   d in [-(bs-1), bs-1]); both vectorise, instead of N * blocks tiny products.
 // * causal_conv_fwd / causal_conv_bwd: the causal depthwise conv over time (kernel K, with the K-1 inputs
 //   before the window as an initial state) with an optional SiLU, as in the mLSTM, sLSTM and Mamba blocks.
 //   The backward recomputes the pre-activation instead of saving it.
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -63,6 +65,81 @@ std::vector<float> make_band(const float* W, int64_t nb, int64_t bs) {
   return band;
 }
 
+// 4 x 4 blocks (the mLSTM's q, k, v) in "quad" form: quad[i * F + j] = W[j / 4, j % 4, i], so that
+// y[j] = sum_i quad_i[j] x[4 (j / 4) + i].  Sixteen outputs take four multiply-adds of a weight vector and an
+// in-lane broadcast of x (a shuffle), against seven shifted, unaligned passes of the band form.  The
+// transposed form (quadT_o[j] = W[j / 4, o, j % 4]) gives the input gradient the same way.
+std::vector<float> make_quad(const float* W, int64_t nb, bool transpose) {
+  const int64_t F = nb * 4;
+  std::vector<float> q(4 * F);
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t o = 0; o < 4; ++o)
+      for (int64_t i = 0; i < 4; ++i) {
+        const float w = W[(b * 4 + o) * 4 + i];
+        if (transpose)
+          q[o * F + b * 4 + i] = w;
+        else
+          q[i * F + b * 4 + o] = w;
+      }
+  return q;
+}
+
+void quad_to_weight(const float* dq, float* W, int64_t nb) {  // W[b, o, i] += dq_i[b*4 + o]
+  const int64_t F = nb * 4;
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t o = 0; o < 4; ++o)
+      for (int64_t i = 0; i < 4; ++i) W[(b * 4 + o) * 4 + i] += dq[i * F + b * 4 + o];
+}
+
+typedef float vec16 __attribute__((vector_size(64)));  // GCC vector extensions: lowered to the target's SIMD
+typedef int32_t ivec16 __attribute__((vector_size(64)));
+
+inline vec16 load16(const float* p) {
+  vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, const vec16& v) { std::memcpy(p, &v, sizeof v); }
+
+template <int i>
+inline vec16 lane_broadcast(const vec16& x) {  // element i of every group of 4, repeated 4 times
+  const ivec16 m = {i, i, i, i, 4 + i, 4 + i, 4 + i, 4 + i, 8 + i, 8 + i, 8 + i, 8 + i, 12 + i, 12 + i, 12 + i, 12 + i};
+  return __builtin_shuffle(x, m);
+}
+
+// y = quad . x, or y += quad . x
+inline void quad_apply(const float* __restrict q, const float* __restrict x, float* __restrict y, int64_t F, bool accumulate) {
+  int64_t j = 0;
+  for (; j + 16 <= F; j += 16) {
+    const vec16 xv = load16(x + j);
+    vec16 acc = load16(q + j) * lane_broadcast<0>(xv) + load16(q + F + j) * lane_broadcast<1>(xv) +
+                load16(q + 2 * F + j) * lane_broadcast<2>(xv) + load16(q + 3 * F + j) * lane_broadcast<3>(xv);
+    if (accumulate) acc += load16(y + j);
+    store16(y + j, acc);
+  }
+  for (; j < F; ++j) {
+    const float* xb = x + (j & ~int64_t(3));
+    const float v = q[j] * xb[0] + q[F + j] * xb[1] + q[2 * F + j] * xb[2] + q[3 * F + j] * xb[3];
+    y[j] = accumulate ? y[j] + v : v;
+  }
+}
+
+// dq_i[j] += dy[j] x[4 (j / 4) + i]: the weight gradient of y = quad . x
+inline void quad_outer(const float* __restrict dy, const float* __restrict x, float* __restrict dq, int64_t F) {
+  int64_t j = 0;
+  for (; j + 16 <= F; j += 16) {
+    const vec16 xv = load16(x + j), g = load16(dy + j);
+    store16(dq + j, load16(dq + j) + g * lane_broadcast<0>(xv));
+    store16(dq + F + j, load16(dq + F + j) + g * lane_broadcast<1>(xv));
+    store16(dq + 2 * F + j, load16(dq + 2 * F + j) + g * lane_broadcast<2>(xv));
+    store16(dq + 3 * F + j, load16(dq + 3 * F + j) + g * lane_broadcast<3>(xv));
+  }
+  for (; j < F; ++j) {
+    const float* xb = x + (j & ~int64_t(3));
+    for (int64_t i = 0; i < 4; ++i) dq[i * F + j] += dy[j] * xb[i];
+  }
+}
+
 // ------------------------------------------------------------------------------------------ block-diagonal
 at::Tensor block_diag_fwd(const at::Tensor& x_in, const at::Tensor& W_in) {
   expect_float("block_diag_fwd", "W", W_in, 3);
@@ -73,9 +150,16 @@ at::Tensor block_diag_fwd(const at::Tensor& x_in, const at::Tensor& W_in) {
   at::Tensor x = x_in.contiguous().view({-1, F});
   const int64_t N = x.size(0);
   at::Tensor y = at::empty_like(x);
-  const std::vector<float> band = make_band(W_in.contiguous().data_ptr<float>(), nb, bs);
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+  if (bs == 4) {
+    const std::vector<float> quad = make_quad(W_in.contiguous().data_ptr<float>(), nb, false);
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) quad_apply(quad.data(), xp + n * F, yp + n * F, F, false);
+    });
+    return y.view(x_in.sizes());
+  }
+  const std::vector<float> band = make_band(W_in.contiguous().data_ptr<float>(), nb, bs);
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       const float* __restrict xr = xp + n * F;
@@ -101,10 +185,25 @@ std::tuple<at::Tensor, at::Tensor> block_diag_bwd(const at::Tensor& dy_in, const
   at::Tensor x = x_in.contiguous().view({-1, F}), dy = dy_in.contiguous().view({-1, F});
   const int64_t N = x.size(0);
   at::Tensor dx = at::empty_like(x);
-  const std::vector<float> band = make_band(W_in.contiguous().data_ptr<float>(), nb, bs);
   const float *xp = x.data_ptr<float>(), *gp = dy.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N));
+  if (bs == 4) {
+    const std::vector<float> quadt = make_quad(W_in.contiguous().data_ptr<float>(), nb, true);
+    std::vector<float> partial(threads * 4 * F, 0.0f);  // d loss / d W in quad form, per thread
+    const int64_t per = (N + threads - 1) / threads;
+    at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t th = t0; th < t1; ++th)
+        for (int64_t n = th * per; n < std::min(N, (th + 1) * per); ++n) {
+          quad_apply(quadt.data(), gp + n * F, dxp + n * F, F, false);
+          quad_outer(gp + n * F, xp + n * F, partial.data() + th * 4 * F, F);
+        }
+    });
+    at::Tensor dW = at::zeros(W_in.sizes(), W_in.options());
+    for (int64_t th = 0; th < threads; ++th) quad_to_weight(partial.data() + th * 4 * F, dW.data_ptr<float>(), nb);
+    return {dx.view(x_in.sizes()), dW};
+  }
+  const std::vector<float> band = make_band(W_in.contiguous().data_ptr<float>(), nb, bs);
   std::vector<float> partial(threads * nd * F, 0.0f);  // d loss / d band, per thread
   const int64_t per = (N + threads - 1) / threads;
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
@@ -402,9 +501,13 @@ struct PreArgs {
   const float* state;   // [B, K-1, I] or nullptr
   const float* conv_w;  // [K, I] (transposed)
   const float* conv_b;  // [I]
-  const float* band_q;  // [2bs-1, I] band forms of the block-diagonal weights
+  const float* band_q;  // the block-diagonal weights: quad form [4, I] when bs == 4, else band form [2bs-1, I]
   const float* band_k;
   const float* band_v;
+  const float* quadt_q;  // bs == 4: the transposed quad forms (input gradients)
+  const float* quadt_k;
+  const float* quadt_v;
+  int64_t reps() const { return bs == 4 ? 4 : 2 * bs - 1; }  // rows of a weight's (gradient) representation
   const float* xm(int64_t b, int64_t u) const {  // row u of cat(state, x_m) for batch row b
     if (u >= K - 1) return up + (b * T + (u - (K - 1))) * 2 * I;
     return state ? state + (b * (K - 1) + u) * I : nullptr;
@@ -450,6 +553,24 @@ inline void conv_row(const PreArgs& a, int64_t b, int64_t t, float* __restrict p
   }
 }
 
+// y = BD(x) and its backward (dx += BD^T dy, dw += the weight gradient in w's representation)
+inline void bd_forward(const PreArgs& a, const float* w, const float* x, float* y) {
+  if (a.bs == 4)
+    quad_apply(w, x, y, a.I, false);
+  else
+    band_apply(w, x, y, a.I, a.bs);
+}
+
+inline void bd_backward(const PreArgs& a, const float* w, const float* wt, const float* x, const float* dy, float* dx,
+                        float* dw) {
+  if (a.bs == 4) {
+    quad_apply(wt, dy, dx, a.I, true);
+    quad_outer(dy, x, dw, a.I);
+  } else {
+    band_backward(w, x, dy, dx, dw, a.I, a.bs);
+  }
+}
+
 void band_to_weight(const float* band, float* W, int64_t nb, int64_t bs) {  // W[b, o, i] += band[i - o][b*bs + o]
   const int64_t F = nb * bs;
   for (int64_t b = 0; b < nb; ++b)
@@ -459,7 +580,7 @@ void band_to_weight(const float* band, float* W, int64_t nb, int64_t bs) {  // W
 
 struct PreInputs {
   at::Tensor up, state, conv_wt, conv_b;
-  std::vector<float> band_q, band_k, band_v;
+  std::vector<float> band_q, band_k, band_v, quadt_q, quadt_k, quadt_v;
   PreArgs args;
 };
 
@@ -490,12 +611,22 @@ PreInputs pre_inputs(const char* op, const at::Tensor& up, const std::optional<a
   }
   in.conv_wt = conv_w.t().contiguous();
   in.conv_b = conv_b.contiguous();
-  in.band_q = make_band(w_q.contiguous().data_ptr<float>(), nb, bs);
-  in.band_k = make_band(w_k.contiguous().data_ptr<float>(), nb, bs);
-  in.band_v = make_band(w_v.contiguous().data_ptr<float>(), nb, bs);
+  const at::Tensor wq = w_q.contiguous(), wk = w_k.contiguous(), wv = w_v.contiguous();
+  if (bs == 4) {
+    in.band_q = make_quad(wq.data_ptr<float>(), nb, false);
+    in.band_k = make_quad(wk.data_ptr<float>(), nb, false);
+    in.band_v = make_quad(wv.data_ptr<float>(), nb, false);
+    in.quadt_q = make_quad(wq.data_ptr<float>(), nb, true);
+    in.quadt_k = make_quad(wk.data_ptr<float>(), nb, true);
+    in.quadt_v = make_quad(wv.data_ptr<float>(), nb, true);
+  } else {
+    in.band_q = make_band(wq.data_ptr<float>(), nb, bs);
+    in.band_k = make_band(wk.data_ptr<float>(), nb, bs);
+    in.band_v = make_band(wv.data_ptr<float>(), nb, bs);
+  }
   in.args = PreArgs{B, T, I, NH, I / NH, K, bs, in.up.data_ptr<float>(), in.state.defined() ? in.state.data_ptr<float>() : nullptr,
                     in.conv_wt.data_ptr<float>(), in.conv_b.data_ptr<float>(), in.band_q.data(), in.band_k.data(),
-                    in.band_v.data()};
+                    in.band_v.data(), in.quadt_q.data(), in.quadt_k.data(), in.quadt_v.data()};
   return in;
 }
 
@@ -519,9 +650,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_pre_fwd(
       conv_row(a, b, t, x);
 #pragma omp simd
       for (int64_t c = 0; c < I; ++c) x[c] = x[c] * sigmoid_approx(x[c]);
-      band_apply(a.band_q, x, qr, I, a.bs);
-      band_apply(a.band_k, x, kr, I, a.bs);
-      band_apply(a.band_v, a.up + r * 2 * I, vr, I, a.bs);
+      bd_forward(a, a.band_q, x, qr);
+      bd_forward(a, a.band_k, x, kr);
+      bd_forward(a, a.band_v, a.up + r * 2 * I, vr);
       for (int64_t h = 0; h < NH; ++h) {
         const int64_t o = ((b * NH + h) * T + t) * DH;
         std::copy(qr + h * DH, qr + (h + 1) * DH, qp + o);
@@ -543,7 +674,7 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
                                       const at::Tensor& w_v, int64_t NH) {
   PreInputs in = pre_inputs("mlstm_pre_bwd", up_in, state_in, conv_w, conv_b, w_q, w_k, w_v, NH);
   const PreArgs& a = in.args;
-  const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH, K = a.K, bs = a.bs, nd = 2 * bs - 1;
+  const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH, K = a.K, bs = a.bs, nd = a.reps();
   for (const at::Tensor* t : {&dq_in, &dk_in, &dv_in})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 4 && t->size(0) == B && t->size(1) == NH && t->size(2) == T &&
                     t->size(3) == DH,
@@ -560,7 +691,7 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
   const int64_t rows = B * T;
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   const int64_t per = (rows + threads - 1) / threads;
-  // per thread: d bands [3, nd, I], d conv_w [K, I], d conv_b [I]
+  // per thread: the q, k, v weight gradients in quad or band form [3, nd, I], d conv_w [K, I], d conv_b [I]
   const int64_t part = 3 * nd * I + (K + 1) * I;
   std::vector<float> partial(threads * part, 0.0f);
   // pass 1: per token, the block-diagonal products' gradients and the conv pre-activation's gradient
@@ -582,11 +713,11 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
         const float* __restrict xm = a.up + r * 2 * I;
         float* __restrict dx = dprep + r * I;  // first d x_c, then d pre-activation
         std::copy(dxcp + r * I, dxcp + (r + 1) * I, dx);
-        band_backward(a.band_q, x, dqr, dx, dbq, I, bs);
-        band_backward(a.band_k, x, dkr, dx, dbk, I, bs);
+        bd_backward(a, a.band_q, a.quadt_q, x, dqr, dx, dbq);
+        bd_backward(a, a.band_k, a.quadt_k, x, dkr, dx, dbk);
         float* __restrict dxm = dup + r * 2 * I;
         for (int64_t c = 0; c < 2 * I; ++c) dxm[c] = 0.0f;
-        band_backward(a.band_v, xm, dvr, dxm, dbv, I, bs);
+        bd_backward(a, a.band_v, a.quadt_v, xm, dvr, dxm, dbv);
         // SiLU of the conv: d pre = d x_c * silu'(pre)
         conv_row(a, b, t, pre);
 #pragma omp simd
@@ -646,9 +777,13 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
   const float* bands = partial.data();
   const int64_t nb = I / bs;
   at::Tensor d_wq = at::zeros({nb, bs, bs}, opts), d_wk = at::zeros_like(d_wq), d_wv = at::zeros_like(d_wq);
-  band_to_weight(bands, d_wq.data_ptr<float>(), nb, bs);
-  band_to_weight(bands + nd * I, d_wk.data_ptr<float>(), nb, bs);
-  band_to_weight(bands + 2 * nd * I, d_wv.data_ptr<float>(), nb, bs);
+  float* dws[3] = {d_wq.data_ptr<float>(), d_wk.data_ptr<float>(), d_wv.data_ptr<float>()};
+  for (int64_t w = 0; w < 3; ++w) {
+    if (bs == 4)
+      quad_to_weight(bands + w * nd * I, dws[w], nb);
+    else
+      band_to_weight(bands + w * nd * I, dws[w], nb, bs);
+  }
   const float* conv = bands + 3 * nd * I;
   at::Tensor d_conv_w = at::from_blob(const_cast<float*>(conv), {K, I}, opts).t().contiguous();
   at::Tensor d_conv_b = at::from_blob(const_cast<float*>(conv + K * I), {I}, opts).clone();
