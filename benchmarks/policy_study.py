@@ -32,6 +32,9 @@ SOURCES = {  # domain data sets an arm can train on (made by this script if miss
 MW_TASKS = "reach-v3,button-press-topdown-v3,drawer-close-v3"
 
 # name -> (data sources, overrides of configs/cpu_tiny.yaml)
+# the study's base recipe (configs/cpu_tiny.yaml as it was when the study ran; the demo's recipe has moved on
+# since: 30-step windows, 3,600 weighted steps), so that the arms stay comparable with the measured table
+STUDY_BASE = ["data.context=20", "data.domain_order=round_robin", "data.domain_weights=null", "optim.accumulation=0"]
 ARMS: dict[str, tuple[list[str], list[str]]] = {
     "baseline": (["mw", "dr"], ["train.steps=600"]),
     "mw-600": (["mw"], ["train.steps=600"]),
@@ -40,6 +43,8 @@ ARMS: dict[str, tuple[list[str], list[str]]] = {
     "mw-1500-sigma4": (["mw"], ["train.steps=1500", "model.label_sigma_bins=4"]),
     "mw-1500-b64": (["mw"], ["train.steps=1500", "data.batch_size=64"]),
     "mw-1500-lr3e-4": (["mw"], ["train.steps=1500", "optim.lr=3e-4"]),
+    "mw-1500-lr3e-3": (["mw"], ["train.steps=1500", "optim.lr=3e-3"]),
+    "mw-750-b32": (["mw"], ["train.steps=750", "data.batch_size=32"]),  # the samples of mw-1500 in half the steps
     "mw-1500-c5": (["mw"], ["train.steps=1500", "data.context=5"]),
     "mw-1500-c50": (["mw"], ["train.steps=1500", "data.context=50"]),
     "mw-1500-nortg": (["mw"], ["train.steps=1500", "model.rtg_condition=false"]),
@@ -82,7 +87,7 @@ def train_arm(out: Path, name: str) -> Path:
     run = out / "runs" / name
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cpu_tiny.yaml", [
         "data.domains=[" + ", ".join(source_path(out, k) for k in sources) + "]", f"logging.run_dir={run}",
-        "logging.tensorboard=false", "train.eval_every=0", "train.checkpoint_every=500", *overrides])
+        "logging.tensorboard=false", "train.eval_every=0", "train.checkpoint_every=500", *STUDY_BASE, *overrides])
     if not (run / "done").exists():
         t = time.perf_counter()
         train(cfg, resume=(run / "checkpoints").exists())
