@@ -21,6 +21,7 @@ from lram.data.storage import PaperWriter, open_task
 from lram.envs.metaworld import (
     ML45_TEST_TASKS,
     ML45_TRAIN_TASKS,
+    MT10_TASKS,
     MT50_TASKS,
     expert_action,
     expert_policy,
@@ -51,7 +52,7 @@ def episode_files(task_dir: Path) -> dict[int, Path]:
 
 
 def test_task_lists_match_metaworld():
-    from metaworld.env_dict import ML45_V3, MT50_V3
+    from metaworld.env_dict import ML45_V3, MT10_V3, MT50_V3
     from metaworld.policies import ENV_POLICY_MAP
 
     assert list(MT50_TASKS) == list(MT50_V3) and len(MT50_TASKS) == 50
@@ -60,6 +61,7 @@ def test_task_lists_match_metaworld():
     assert set(ML45_TEST_TASKS) == {"bin-picking-v3", "box-close-v3", "door-lock-v3", "door-unlock-v3", "hand-insert-v3"}
     assert set(ENV_POLICY_MAP) == set(MT50_TASKS)
     assert resolve_tasks("ml45-test") == list(ML45_TEST_TASKS)
+    assert resolve_tasks("mt10") == list(MT10_V3) == list(MT10_TASKS)
     assert resolve_tasks("reach-v3, push-v3,reach-v3") == ["reach-v3", "push-v3"]
     assert len(resolve_tasks("ml45-train,ml45-test")) == 50
 
