@@ -140,6 +140,22 @@ inline void quad_outer(const float* __restrict dy, const float* __restrict x, fl
   }
 }
 
+// The causal conv's weight and bias gradients from one output row t: acc[k] += g * x[t + k] (k < K; row(u) is the
+// conv input's row u of cat(state, x), nullptr where there is none), acc[K] += g.
+template <class RowFn>
+inline void conv_grad_accumulate(const float* __restrict g, RowFn row, int64_t t, int64_t K, int64_t C, float* acc) {
+  for (int64_t k = 0; k < K; ++k) {
+    const float* __restrict xr = row(t + k);
+    if (!xr) continue;
+    float* __restrict ak = acc + k * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) ak[c] += g[c] * xr[c];
+  }
+  float* __restrict ab = acc + K * C;
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) ab[c] += g[c];
+}
+
 // ------------------------------------------------------------------------------------------ block-diagonal
 at::Tensor block_diag_fwd(const at::Tensor& x_in, const at::Tensor& W_in) {
   expect_float("block_diag_fwd", "W", W_in, 3);
@@ -346,17 +362,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv_bwd(
       float* __restrict acc = partial.data() + th * (K + 1) * C;
       for (int64_t r = th * per; r < std::min(rows, (th + 1) * per); ++r) {
         const int64_t b = r / T, t = r % T;
-        const float* __restrict gr = gp + r * C;
-        for (int64_t k = 0; k < K; ++k) {
-          const float* __restrict xr = in.row(b, t + k);
-          if (!xr) continue;
-          float* __restrict ak = acc + k * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) ak[c] += gr[c] * xr[c];
-        }
-        float* __restrict ab = acc + K * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) ab[c] += gr[c];
+        conv_grad_accumulate(gp + r * C, [&](int64_t u) { return in.row(b, u); }, t, K, C, acc);
       }
     }
   });
@@ -754,17 +760,7 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
       float* acc = partial.data() + th * part + 3 * nd * I;
       for (int64_t r = th * per; r < std::min(rows, (th + 1) * per); ++r) {
         const int64_t b = r / T, t = r % T;
-        const float* __restrict g = dprep + r * I;
-        for (int64_t kk = 0; kk < K; ++kk) {
-          const float* __restrict xr = a.xm(b, t + kk);
-          if (!xr) continue;
-          float* __restrict ak = acc + kk * I;
-#pragma omp simd
-          for (int64_t c = 0; c < I; ++c) ak[c] += g[c] * xr[c];
-        }
-        float* __restrict ab = acc + K * I;
-#pragma omp simd
-        for (int64_t c = 0; c < I; ++c) ab[c] += g[c];
+        conv_grad_accumulate(dprep + r * I, [&](int64_t u) { return a.xm(b, u); }, t, K, I, acc);
       }
     }
   });
