@@ -108,6 +108,7 @@ def test_checkpoint_evaluates_from_the_command_line(tmp_path, capsys):
             eval_main([*args, "--quiet"])
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert normalised_score(1.0, 2.0, 2.0) is None
+    assert normalised_score(78.8, 1e-9, 0.0) is None  # an expert no better than random: no scale
 
 
 DOMAIN_OBS = {

@@ -48,8 +48,8 @@ def random_policy_returns(domain: str, task: str, episodes: int, seed: int = 0,
 
 
 def normalised_score(value: float, low: float, high: float) -> float | None:
-    """``(value - low) / (high - low)``; None when the references coincide."""
-    return None if math.isclose(high, low) else (value - low) / (high - low)
+    """``(value - low) / (high - low)``; None when the references coincide (also both ~0, e.g. a failed expert)."""
+    return None if abs(high - low) <= 1e-6 * max(1.0, abs(high), abs(low)) else (value - low) / (high - low)
 
 
 def _check_domain(registry: dict, domain: str, where: str) -> None:
