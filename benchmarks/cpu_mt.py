@@ -12,7 +12,6 @@ resumes.  Writes ``OUT/scores.json``, ``OUT/heldout.json``, plots and ``OUT/RESU
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_data(data: Path, sac_timesteps: int, quick: bool = False) -> None:
     """The recipe's data (``quick``: a few episodes of everything, to smoke-test the pipeline)."""
     from lram.data.generators import darkroom, dmcontrol, metaworld
-    from lram.data.storage import convert_dataset
+    from lram.data.storage import convert_dataset_once
     from lram.envs.darkroom import goal_split
 
     metaworld.main([str(data / "mt10"), "--tasks", "mt10", "--episodes", "2" if quick else "100", "--noise", "0.1",
@@ -34,12 +33,7 @@ def make_data(data: Path, sac_timesteps: int, quick: bool = False) -> None:
     darkroom.main([str(data / "darkroom"), "--goals", goals, "--episodes-per-goal", "3" if quick else "10",
                    "--algo", "sweep", "--noise", "0.1", "--quiet"])
     for name in ("mt10", "dmc", "darkroom"):
-        packed = data / "packed" / name
-        if not packed.exists():
-            partial = packed.with_name(name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            convert_dataset(data / name, partial, "packed", progress=False)
-            partial.rename(packed)
+        convert_dataset_once(data / name, data / "packed" / name, "packed")
 
 
 def main() -> int:
@@ -51,7 +45,7 @@ def main() -> int:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=3000")
     a = p.parse_args()
     from lram.envs.darkroom import goal_split
-    from lram.evaluation.evaluate import evaluate_checkpoint, format_report, plot_report
+    from lram.evaluation.evaluate import evaluate_checkpoint, format_report, merge_reports, plot_report
     from lram.training.config import load_config
     from lram.training.trainer import train
     from lram.utils.io import atomic_path, write_json_atomic
@@ -63,7 +57,8 @@ def main() -> int:
     times["data"] = time.perf_counter() - t
     run = a.out / "run"
     cfg = load_config(ROOT / "configs" / "cpu_mt.yaml", [
-        f"data.domains=[{{name: metaworld, path: {data / 'packed' / 'mt10'}}}, {{name: dmcontrol, path: {data / 'packed' / 'dmc'}}}, "
+        f"data.domains=[{{name: metaworld, path: {data / 'packed' / 'mt10'}}}, "
+        f"{{name: dmcontrol, path: {data / 'packed' / 'dmc'}}}, "
         f"{{name: darkroom, path: {data / 'packed' / 'darkroom'}, return_condition: false}}]", f"logging.run_dir={run}",
         *(["train.steps=10", "train.checkpoint_every=5"] if a.quick else []), *a.overrides])
     t = time.perf_counter()
@@ -78,9 +73,7 @@ def main() -> int:
             episodes = 1
         reports[domain] = evaluate_checkpoint(run, domains=[domain], episodes=episodes, num_envs=envs,
                                               random_baseline=True, progress=False)
-    scores = {**reports["metaworld"], "domains": {d: r["domains"][d] for d, r in reports.items()}}
-    norms = [d["normalised_score"] for d in scores["domains"].values() if d["normalised_score"] is not None]
-    scores["normalised_score"] = sum(norms) / len(norms)
+    scores = merge_reports(list(reports.values()))
     write_json_atomic(a.out / "scores.json", scores)
     held = [f"darkroom/darkroom_{x}_{y}" for x, y in goal_split("test")[: 2 if a.quick else None]]
     heldout = evaluate_checkpoint(run, tasks=held, episodes=2 if a.quick else 5, random_baseline=True, out=a.out / "heldout.json",

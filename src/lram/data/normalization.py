@@ -37,3 +37,11 @@ def state_statistics(tasks: Sequence, max_episodes: int = 100) -> tuple[np.ndarr
     std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
     std[std < MIN_STD] = 1.0
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def standardize(states, mean, std):
+    """``(states - mean) / std`` over the last axis, for states narrower than the statistics (a domain's
+    smaller tasks use its first dimensions); numpy arrays or torch tensors.  What the sampler does to
+    training windows and the agent to observations."""
+    d = states.shape[-1]
+    return (states - mean[:d]) / std[:d]

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from lram.data.episode import DataError
+from lram.data.normalization import standardize
 from lram.models.policy import TrajectoryBatch
 
 
@@ -257,8 +258,7 @@ class WindowSampler:
             if image:
                 states[b, sl] = s
             elif dom.data.state_mean is not None:
-                d = s.shape[1]
-                states[b, sl, :d] = (s - dom.data.state_mean[:d]) / dom.data.state_std[:d]
+                states[b, sl, : s.shape[1]] = standardize(s, dom.data.state_mean, dom.data.state_std)
             else:
                 states[b, sl, : s.shape[1]] = s
             if dom.data.return_condition:

@@ -117,6 +117,21 @@ def convert_task(src: str | os.PathLike | TaskData, dst: str | os.PathLike, layo
     return open_task(dst, progress=progress)
 
 
+def convert_dataset_once(src_root: str | os.PathLike, dst_root: str | os.PathLike, layout: str,
+                         progress: bool = False) -> Path:
+    """``dst_root``, converted from ``src_root`` unless it exists: written as ``<dst_root>.partial`` and then
+    renamed, so a killed conversion leaves no half copy that a re-run would take for complete."""
+    import shutil
+
+    dst_root = Path(dst_root)
+    if not dst_root.exists():
+        partial = dst_root.with_name(dst_root.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        convert_dataset(src_root, partial, layout, progress=progress)
+        partial.rename(dst_root)
+    return dst_root
+
+
 def convert_dataset(src_root: str | os.PathLike, dst_root: str | os.PathLike, layout: str, progress: bool = True,
                     **writer_options) -> dict[str, TaskData]:
     """Convert every task under ``src_root`` into the same relative folders under ``dst_root``."""

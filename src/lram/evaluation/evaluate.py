@@ -11,7 +11,6 @@ Aggregation: the mean over a domain's tasks, then the mean over domains.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -194,9 +193,22 @@ def assemble_report(checkpoint: str, step: int, episodes: int, seed: int,
         succ = [r["success_rate"] for r in dom["tasks"].values() if r["success_rate"] is not None]
         dom["success_rate"] = float(np.mean(succ)) if succ else None
         report["domains"][d] = dom
-    means = [v["normalised_score"] for v in report["domains"].values() if v["normalised_score"] is not None]
-    report["normalised_score"] = float(np.mean(means)) if means else None
+    report["normalised_score"] = overall_score(report["domains"])
     return report
+
+
+def overall_score(domains: dict) -> float | None:
+    """The mean over domains of their normalised scores (None when no domain has one)."""
+    means = [v["normalised_score"] for v in domains.values() if v["normalised_score"] is not None]
+    return float(np.mean(means)) if means else None
+
+
+def merge_reports(reports: Sequence[dict]) -> dict:
+    """One report from reports of the same checkpoint over different domains (e.g. evaluated with different
+    episode counts): the first one's header, every domain, and the overall score over all of them."""
+    merged = {**reports[0], "domains": {d: dom for r in reports for d, dom in r["domains"].items()}}
+    merged["normalised_score"] = overall_score(merged["domains"])
+    return merged
 
 
 def format_report(report: dict) -> str:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lram.data.normalization import standardize
 from lram.models.backbone import Backbone
 from lram.models.encoders import ImpalaEncoder
 from lram.models.layers import Linear
@@ -543,7 +544,7 @@ class RecurrentAgent:
             d = obs.shape[-1]
             if d > self.state_mean.numel():
                 raise ValueError(f"obs: {d} features, more than the domain's normalisation has ({self.state_mean.numel()})")
-            obs = (obs - self.state_mean[:d]) / self.state_std[:d]
+            obs = standardize(obs, self.state_mean, self.state_std)
         logits, tensors = self._step_fn(obs, prev_reward, rtg, self.prev_action_tokens, self.state.tensors)
         self.state = RecurrentState(tensors, self.state.signature)
         self.last_logits = logits

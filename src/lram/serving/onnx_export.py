@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lram.data.normalization import standardize
 from lram.models.layers import export_mode
 from lram.models.state import RecurrentState
 from lram.utils.io import atomic_path, write_json_atomic
@@ -59,7 +60,7 @@ class ExportedStep(nn.Module):
     def forward(self, obs, prev_reward, rtg, reward_scale, limit, *state):
         p = self.policy
         if self.normalise:
-            obs = (obs - self.state_mean) / self.state_std
+            obs = standardize(obs, self.state_mean, self.state_std)
         tokens = p.embed_groups(obs, rtg, prev_reward, None, reward_scale, batch_dims=1)
         y, st = p.backbone._step(tokens, RecurrentState(dict(zip(self.names, state)), self.signature))
         logits = p.action_head(y[:, -1]).reshape(obs.shape[0], p.config.max_act_dim, -1)

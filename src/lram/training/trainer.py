@@ -394,7 +394,8 @@ class Trainer:
                 print("train.rollout_episodes: skipped under FSDP; evaluate checkpoints with `lram eval RUN`")
                 self._warned_fsdp_rollouts = True
             return {}
-        from lram.evaluation import ENV_BUILDERS, ActingSpec, evaluate_task, make_eval_env, summarize
+        from lram.evaluation import ENV_BUILDERS
+        from lram.evaluation.evaluate import evaluate_one
 
         jobs = [(entry, task) for entry in domain_registry(self.domains)
                 if entry["name"] in ENV_BUILDERS and (not t.rollout_domains or entry["name"] in t.rollout_domains)
@@ -402,13 +403,11 @@ class Trainer:
         local: dict[str, dict] = {}
         self.model.eval()
         for entry, task in jobs[self.rank :: self.world]:
-            d = entry["name"]
-            results = evaluate_task(self.model, lambda i, d=d, task=task: make_eval_env(d, task, t.seed + i),
-                                    ActingSpec.from_registry(entry), episodes=t.rollout_episodes,
-                                    target_return=entry["max_returns"][task], seed=t.seed,
-                                    num_envs=1 if entry.get("in_context") else t.rollout_envs,  # consecutive episodes
-                                    max_steps=t.rollout_max_steps or None)
-            local.setdefault(d, {})[task] = summarize(results)
+            # as `lram eval` does it (in-context domains: consecutive episodes on one recurrent state)
+            row = evaluate_one(self.model, entry, task, entry["max_returns"][task], episodes=t.rollout_episodes,
+                               num_envs=t.rollout_envs, seed=t.seed, max_steps=t.rollout_max_steps or None,
+                               random_baseline=False)
+            local.setdefault(entry["name"], {})[task] = {k: row[k] for k in ("return_mean", "success_rate")}
         self.model.train()
         if self.distributed:
             gathered: list = [None] * self.world

@@ -211,8 +211,8 @@ class SweepExperts:
 
     Searching stays put for the first step (is the start the goal?), then is a boustrophedon sweep that is a
     function of the position only (row y even: right, row y odd: left, down at the row's end), so every cell
-    has one search action and the sweep reaches every cell within an episode; the first reward ends the search (the agent stays on the goal from then on, as the dense
-    variant rewards).  Once the goal is known (from the first episode that found it) each episode takes a
+    has one search action and the sweep reaches every cell within an episode; the first reward ends the search
+    (the agent stays on the goal from then on, as the dense variant rewards).  Once the goal is known (from the first episode that found it) each episode takes a
     shortest path, choosing at random (own generator per goal) which axis to move along when both are open,
     with a uniformly random action at probability ``noise`` per step, and stays on the goal.  Same
     interface as :class:`QLearners`."""
