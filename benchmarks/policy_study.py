@@ -97,22 +97,22 @@ def train_arm(out: Path, name: str) -> Path:
 
 def evaluate_arm(run: Path, episodes: int, decodes: list[str]) -> dict:
     from lram.evaluation.evaluate import evaluate_one
-    from lram.training.checkpoint import load_policy
+    from lram.models import LRAMPolicy
 
-    policy, meta = load_policy(run)
+    policy = LRAMPolicy.from_pretrained(run)
     out = {}
     for decode in decodes:
         policy.config.continuous_decode = decode
         rows = {}
-        for entry in meta["domains"]:
-            if entry["name"] == "darkroom" and decode != decodes[0]:
+        for spec in policy.domains.values():
+            if spec.discrete and decode != decodes[0]:
                 continue  # discrete: decoding of continuous actions does not apply
-            tasks = entry["tasks"] if entry["name"] != "darkroom" else entry["tasks"][:: max(1, len(entry["tasks"]) // 10)]
-            for task in tasks:
-                in_context = entry["name"] == "darkroom"  # consecutive episodes on one recurrent state
-                rows[f"{entry['name']}/{task}"] = evaluate_one(
-                    policy, entry, task, entry["max_returns"][task], episodes=5 if in_context else episodes,
-                    num_envs=1 if in_context else 5, seed=1000, max_steps=None, random_baseline=True)
+            names = spec.task_names
+            tasks = names if not spec.in_context else names[:: max(1, len(names) // 10)]
+            for task in tasks:  # in-context domains: consecutive episodes on one recurrent state
+                rows[f"{spec.name}/{task}"] = evaluate_one(
+                    policy, spec, task, episodes=5 if spec.in_context else episodes,
+                    num_envs=1 if spec.in_context else 5, seed=1000, max_steps=None, random_baseline=True)
         out[decode] = rows
     return out
 

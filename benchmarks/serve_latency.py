@@ -19,7 +19,7 @@ import torch
 
 from lram.bench.latency import time_call
 from lram.models import LRAMPolicy
-from lram.training.checkpoint import save_checkpoint
+from lram.models.domain import DomainSpec, TaskSpec
 
 
 def main() -> None:
@@ -35,11 +35,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     policy = LRAMPolicy.from_preset(a.size, a.backbone, use_images=False).eval()
-    domains = [{"name": "dmcontrol", "reward_scale": 100.0, "discrete": False, "num_actions": None, "in_context": False,
-                "obs_shape": [204], "action_dim": 6, "tasks": ["walker-walk"], "max_returns": {"walker-walk": 900.0}}]
+    domains = [DomainSpec("dmcontrol", False, 100.0, tasks={"walker-walk": TaskSpec("walker-walk", 6, None, (204,), 900.0)})]
     obs = np.random.default_rng(0).normal(size=204).astype(np.float32)
     with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(Path(d) / "run", 1, policy, {}, domains)
+        policy.save_pretrained(Path(d) / "run", domains)
         with socket.socket() as sock:  # a free port for the server process
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

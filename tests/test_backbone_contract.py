@@ -6,6 +6,9 @@
 - ``reset_state`` on some rows in the middle of a batch == running those rows fresh;
 - bad input raises ValueError naming the argument.
 
+Every check that steps runs for both step implementations: ``torch`` (a backbone never prepared: PyTorch
+ops) and ``fused`` (``prepare_for_inference()`` with lram's compiled CPU kernels, which must load here).
+
 Relative error is max|a - b| / max|b| over the whole output (elementwise ratios are meaningless near 0).
 """
 
@@ -15,6 +18,7 @@ import pytest
 import torch
 
 from lram.models import RecurrentState, build_backbone
+from lram.models.kernels import load_cpu_kernels
 
 TRAIN_WINDOW_TOKENS = 150
 SEQ = 3 * TRAIN_WINDOW_TOKENS + 30  # several training windows
@@ -34,11 +38,19 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def make(name: str, seed: int = 0):
+IMPLS = ["torch", "fused"]
+
+
+def make(name: str, seed: int = 0, impl: str = "torch"):
+    """A backbone with random weights stepping with ``impl`` ("torch": never prepared; "fused": prepared)."""
     kind, opts = CONFIGS[name]
     torch.manual_seed(seed)
     bb = build_backbone(kind, d_model=D, **opts).eval()
     _randomize(bb)
+    if impl == "fused":
+        assert load_cpu_kernels(required=True)
+        assert bb.prepare_for_inference() == "fused"
+    assert bb.step_implementation == impl
     return bb
 
 
@@ -62,9 +74,10 @@ def step_in_chunks(bb, x: torch.Tensor, sizes: list[int], state: RecurrentState 
     return torch.cat(outs, dim=1), state
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_parallel_equals_recurrent(name):
-    bb = make(name)
+def test_parallel_equals_recurrent(name, impl):
+    bb = make(name, impl=impl)
     x = torch.randn(2, SEQ, D)
     with torch.no_grad():
         y_par, st_par = bb(x)
@@ -82,6 +95,25 @@ def test_parallel_equals_recurrent(name):
     assert rel_err(y_b, y_a) <= TOL and rel_err(y_c, y_a) <= TOL
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_step_runs_the_chosen_implementation(name, impl):
+    """A prepared recurrent backbone runs its fused block op; an unprepared one none of the step ops; the two
+    give the same numbers (the Transformer's fused choice is the row kernel, unused at this small width).
+    (The sLSTM scan op is a ``train_kernel`` choice, the same in both.)"""
+    bb = make(name, impl=impl)
+    x = torch.randn(2, 3, D)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        y, _ = bb.step(x, bb.init_state(2))
+    step_ops = {"lram::mlstm_block_step", "lram::mamba_block_step", "lram::linear_rows"}
+    ops = {e.name for e in prof.events()} & step_ops
+    block_ops = {f"lram::{op}" for op in bb.fused_step_ops if op != "linear_rows"}
+    assert ops == (block_ops if impl == "fused" else set())
+    with torch.no_grad():
+        y_ref, _ = make(name).step(x, bb.init_state(2))
+    assert rel_err(y, y_ref) <= 1e-5
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_forward_continues_from_state(name):
     bb = make(name)
@@ -95,9 +127,10 @@ def test_forward_continues_from_state(name):
             assert err <= TOL, f"split at {a}: {err:.2e}"
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_reset_rows_equals_fresh_run(name):
-    bb = make(name)
+def test_reset_rows_equals_fresh_run(name, impl):
+    bb = make(name, impl=impl)
     B, T1, T2 = 4, 40, 30
     x1, x2 = torch.randn(B, T1, D), torch.randn(B, T2, D)
     reset = torch.tensor([False, True, False, True])
@@ -111,9 +144,10 @@ def test_reset_rows_equals_fresh_run(name):
     assert rel_err(y[~reset], y_kept[:, T1:]) <= TOL
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_state_rows_cat_and_save(name, tmp_path):
-    bb = make(name)
+def test_state_rows_cat_and_save(name, impl, tmp_path):
+    bb = make(name, impl=impl)
     x = torch.randn(3, 20, D)
     with torch.no_grad():
         _, st = bb(x)

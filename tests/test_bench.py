@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import torch
 
@@ -28,8 +30,23 @@ def test_bench_reports_consistent_figures(tmp_path):
             assert abs(t["ratio_to_floor"] - t["median_ms"] / e["floor"]["median_ms"]) < 1e-9
             tp = e["throughput"]["3"][c]
             assert abs(tp["steps_per_s"] - 3 / (tp["median_ms"] / 1e3)) < 1e-6
-        model = LRAMPolicy(LRAMConfig.from_preset("tiny", name, use_images=False))
+        model = LRAMPolicy(LRAMConfig.from_preset("tiny", name, use_images=False)).eval()
         assert e["floor"]["weights"] == sum(math.prod(s) for s in step_weight_shapes(model))
+        # an independent clock: a batch-1 agent's step timed here, against the reported median (a unit or
+        # bookkeeping error -- seconds for ms, the wrong call timed -- is off by far more than machine noise)
+        agent = model.make_agent(1, discrete=False, action_dims=6)
+        obs, zero = torch.randn(1, 39), torch.zeros(1)
+        with torch.inference_mode():
+            for _ in range(3):
+                agent.act(obs, zero, zero)
+            times = []
+            for _ in range(15):
+                t0 = time.perf_counter()
+                agent.act(obs, zero, zero)
+                times.append((time.perf_counter() - t0) * 1e3)
+        mine = statistics.median(times)
+        reported = e["per_context"]["4"]["median_ms"]
+        assert mine / 8 < reported < mine * 8, (name, reported, mine)
     assert "xlstm[1:0]" in format_table(res) and "transformer" in format_throughput(res)
 
 

@@ -32,20 +32,29 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
 
 
 def test_cpu_tiny_config_is_the_demo_recipe():
-    """configs/cpu_tiny.yaml documents the demo's recipe: the same settings as lram.demo.demo_overrides."""
+    """The demo trains the packaged recipe, which is the repository's configs/cpu_tiny.yaml; with the default
+    budget, demo_overrides change nothing but paths."""
     from pathlib import Path
 
-    from lram.demo import DemoBudget, demo_overrides
+    from lram.demo import DemoBudget, demo_config, recipe_path
     from lram.training.config import load_config
 
     root = Path(__file__).resolve().parents[1]
+    assert recipe_path().read_bytes() == (root / "configs" / "cpu_tiny.yaml").read_bytes()
     shipped = load_config(root / "configs" / "cpu_tiny.yaml").to_dict()
-    demo = load_config(None, demo_overrides(Path("out"), Path("data"), DemoBudget())).to_dict()
-    for section, values in shipped.items():
-        for key, value in values.items():
-            if key in ("run_dir", "tensorboard"):
-                continue
-            if key == "domains":
-                value = [{k: v for k, v in d.items() if k != "path"} for d in value]
-                demo[section][key] = [{k: v for k, v in d.items() if k != "path"} for d in demo[section][key]]
-            assert value == demo[section][key], f"{section}.{key}"
+    demo = demo_config(Path("out"), Path("data"), DemoBudget()).to_dict()
+    for cfg in (shipped, demo):
+        cfg["logging"].pop("run_dir")
+        cfg["logging"].pop("tensorboard")
+        cfg["data"]["domains"] = [{k: v for k, v in d.items() if k != "path"} for d in cfg["data"]["domains"]]
+    assert shipped == demo
+
+
+def test_missing_recipe_is_a_clear_error(monkeypatch, tmp_path):
+    import pytest
+
+    import lram.demo
+
+    monkeypatch.setattr(lram.demo, "RECIPE", "no-such-recipe.yaml")
+    with pytest.raises(FileNotFoundError, match="demo's training recipe .*no-such-recipe.yaml is missing"):
+        lram.demo.demo_config(tmp_path, tmp_path, lram.demo.DemoBudget())

@@ -10,13 +10,21 @@ import pytest
 import torch
 
 from lram.envs.darkroom import DarkRoom
-from lram.evaluation import ActingSpec, evaluate_task, make_eval_env, random_policy_returns
+from lram.evaluation import evaluate_task, make_eval_env, random_policy_returns
 from lram.evaluation.evaluate import main as eval_main
 from lram.evaluation.evaluate import normalised_score
 from lram.models import LRAMPolicy
+from lram.models.domain import DomainSpec, TaskSpec
 from lram.training.checkpoint import save_checkpoint
 
 GOAL = (6, 3)
+
+
+def domain_spec(name="darkroom", task="room", *, discrete=True, num_actions=5, action_dim=1, reward_scale=1.0,
+                in_context=False) -> DomainSpec:
+    """A one-task domain as a checkpoint describes it."""
+    return DomainSpec(name, discrete, reward_scale, in_context,
+                      tasks={task: TaskSpec(task, action_dim, num_actions if discrete else None)})
 
 
 def tiny_policy(seed=0, backbone="xlstm[1:0]"):
@@ -53,8 +61,8 @@ def reference_returns(policy, spec, episodes, num_envs, target, seed):
 @pytest.mark.parametrize("in_context", [False, True], ids=["fresh-state", "in-context"])
 def test_batched_rollout_equals_plain_loop(in_context):
     policy = tiny_policy()
-    spec = ActingSpec(discrete=True, reward_scale=1.0, num_actions=5, in_context=in_context)
-    results = evaluate_task(policy, lambda i: DarkRoom(goal=GOAL), spec, episodes=5, target_return=40.0, num_envs=2,
+    spec = domain_spec(in_context=in_context)
+    results = evaluate_task(policy, lambda i: DarkRoom(goal=GOAL), spec, "room", episodes=5, target_return=40.0, num_envs=2,
                             seed=3)
     ref = reference_returns(policy, spec, episodes=5, num_envs=2, target=40.0, seed=3)
     assert [r.episode for r in results] == list(range(5))
@@ -66,8 +74,8 @@ def test_rollout_handles_episodes_of_different_lengths():
     """Sparse Dark-Room ends at the goal: environments free up at different steps and pick up new episodes;
     every episode is reported once, in index order; an episode without the goal runs to the step limit."""
     policy = tiny_policy(1)
-    spec = ActingSpec(discrete=True, reward_scale=1.0, num_actions=5)
-    results = evaluate_task(policy, lambda i: DarkRoom(goal=(1, 0), variant="sparse"), spec, episodes=6,
+    spec = domain_spec()
+    results = evaluate_task(policy, lambda i: DarkRoom(goal=(1, 0), variant="sparse"), spec, "room", episodes=6,
                             target_return=1.0, num_envs=4, seed=0, max_steps=60)
     assert [r.episode for r in results] == list(range(6))
     for r in results:
@@ -163,10 +171,13 @@ def test_training_logs_online_rollouts(tmp_path):
 
 def test_environment_that_does_not_fit_the_domain_is_refused():
     policy = tiny_policy()
-    for spec, message in ((ActingSpec(discrete=True, reward_scale=1.0, num_actions=4), "4 discrete actions"),
-                          (ActingSpec(discrete=False, reward_scale=1.0, action_dim=3), "3-d actions but the environment")):
+    for spec, message in ((domain_spec(num_actions=4), "4 discrete actions"),
+                          (domain_spec(discrete=False, action_dim=3), "3-d actions but the environment")):
         with pytest.raises(ValueError, match=message):
-            evaluate_task(policy, lambda i: DarkRoom(goal=GOAL), spec, episodes=1, target_return=1.0)
+            evaluate_task(policy, lambda i: DarkRoom(goal=GOAL), spec, "room", episodes=1, target_return=1.0)
+    with pytest.raises(ValueError, match="discrete actions but the environment"):  # a held-out task of another kind
+        evaluate_task(policy, lambda i: make_eval_env("metaworld", "reach-v3", 0), domain_spec(), "reach-v3",
+                      episodes=1, target_return=1.0)
 
 
 def test_tasks_spread_over_worker_processes_give_the_same_report(tmp_path):
@@ -187,8 +198,23 @@ def test_tasks_spread_over_worker_processes_give_the_same_report(tmp_path):
 def test_simulator_results_do_not_depend_on_how_many_envs_run(domain, task, dims, scale):
     """Episode i is seeded seed + i whatever the environment it runs in (real MuJoCo simulators)."""
     policy = tiny_policy(5)
-    spec = ActingSpec(discrete=False, reward_scale=scale, action_dim=dims)
-    runs = [[r.total_return for r in evaluate_task(policy, lambda i: make_eval_env(domain, task, 100 + i), spec,
+    spec = domain_spec(domain, task, discrete=False, action_dim=dims, reward_scale=scale)
+    runs = [[r.total_return for r in evaluate_task(policy, lambda i: make_eval_env(domain, task, 100 + i), spec, task,
                                                    episodes=3, target_return=500.0, num_envs=n, seed=5, max_steps=15)]
             for n in (1, 3)]
     assert runs[0] == runs[1] and len(set(runs[0])) == 3  # equal, and the three episodes do differ
+
+
+def test_a_domain_mixing_action_sizes_acts_in_every_task(tmp_path):
+    """DMControl's tasks have 1- to 6-d actions: one domain, per-task action layouts in the checkpoint, and
+    `lram eval` acts in each task with its own size (it refused the 6-d task when one size was kept per domain)."""
+    from lram.evaluation import evaluate_checkpoint
+
+    spec = DomainSpec("dmcontrol", False, 100.0, tasks={
+        "cartpole-swingup": TaskSpec("cartpole-swingup", 1, None, (204,), 800.0),
+        "walker-stand": TaskSpec("walker-stand", 6, None, (204,), 900.0)})
+    save_checkpoint(tmp_path / "run", 3, tiny_policy(6), {}, [spec])
+    report = evaluate_checkpoint(tmp_path / "run", episodes=1, num_envs=1, max_steps=4, progress=False)
+    rows = report["domains"]["dmcontrol"]["tasks"]
+    assert list(rows) == ["cartpole-swingup", "walker-stand"]
+    assert [rows[t]["target_return"] for t in rows] == [800.0, 900.0] and all(r["length_mean"] == 4 for r in rows.values())

@@ -21,7 +21,8 @@ import torch
 
 from lram.data.episode import Episode
 from lram.envs.darkroom import DarkRoom
-from lram.evaluation.rollout import ActingSpec, evaluate_task
+from lram.evaluation.rollout import evaluate_task
+from lram.models import LRAMPolicy
 from lram.training.config import load_config
 from lram.training.trainer import train
 
@@ -90,16 +91,15 @@ def trained(tmp_path_factory):
         "train.checkpoint_every=0", "train.eval_batches=0", "data.valid_fraction=0", "logging.tensorboard=false",
         f"logging.run_dir={root / 'run'}"])
     train(cfg)
-    from lram.training.checkpoint import load_policy
-
-    policy, meta = load_policy(root / "run")
+    policy = LRAMPolicy.from_pretrained(root / "run")
     returns = [e.total_return for e in (episode(env, 10_000 + i, i % 2 == 0, rng) for i in range(120))]
-    return policy, meta["domains"][0], max(returns), float(np.mean([r for i, r in enumerate(returns) if i % 2]))
+    return policy, policy.domains["darkroom"], max(returns), float(np.mean([r for i, r in enumerate(returns) if i % 2]))
 
 
 def mean_return(policy, entry, target: float, zero_obs: bool = False, episodes: int = 20) -> float:
-    spec = ActingSpec.from_registry(entry)  # as lram eval acts: reward scale, state normalisation of the data
-    results = evaluate_task(policy, lambda i: RandomStartRoom(zero_obs), spec, episodes=episodes, target_return=target,
+    # as lram eval acts: the checkpoint's domain spec (reward scale, state normalisation of the data)
+    results = evaluate_task(policy, lambda i: RandomStartRoom(zero_obs), entry, entry.task_names[0], episodes=episodes,
+                            target_return=target,
                             num_envs=10, seed=500)
     return float(np.mean([r.total_return for r in results]))
 

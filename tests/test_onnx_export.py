@@ -70,7 +70,8 @@ def test_export_command(tmp_path, capsys):
                 "obs_shape": [2], "action_dim": 1, "tasks": [task], "max_returns": {task: 90.0}}]
     save_checkpoint(tmp_path / "run", 3, _policy("xlstm[1:0]"), {}, domains)
     assert main([str(tmp_path / "run"), "--out", str(tmp_path / "step.onnx")]) == 0
-    assert read_sidecar(tmp_path / "step.onnx")["discrete"] is True and "wrote" in capsys.readouterr().out
+    side = read_sidecar(tmp_path / "step.onnx")
+    assert side["discrete"] is True and side["domain"]["tasks"][0]["num_actions"] == 5 and "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([str(tmp_path / "run"), "--out", str(tmp_path / "x.onnx"), "--domain", "atari"])
     assert "not in the checkpoint" in capsys.readouterr().err

@@ -118,3 +118,35 @@ def test_idle_sessions_expire(served):
     with pytest.raises(SessionError, match="no open session") as e:
         manager.act(first, torch.zeros(1, 2), 0.0, True)
     assert e.value.not_found
+
+
+def test_sessions_of_a_domain_mixing_action_sizes_act_per_task():
+    """A domain whose tasks have 1-d and 6-d actions (DMControl): a session names its task and acts with that
+    task's size, like a local agent of the task; without a task the server asks for one."""
+    from lram.models.domain import DomainSpec, TaskSpec
+    from lram.models.policy import RecurrentAgent
+    from lram.serving.sessions import SessionError, SessionManager
+
+    torch.manual_seed(1)
+    policy = LRAMPolicy.from_preset("tiny", "mamba", use_images=False).eval()
+    spec = DomainSpec("dmcontrol", False, 100.0, tasks={"cartpole-swingup": TaskSpec("cartpole-swingup", 1, None, (5,), 800.0),
+                                                       "walker-stand": TaskSpec("walker-stand", 6, None, (24,), 950.0)})
+    manager = SessionManager(policy, [spec])
+    with pytest.raises(SessionError, match="mixes action layouts over its tasks; name the task or give action_dim"):
+        manager.open("dmcontrol")
+    with pytest.raises(SessionError, match="'hopper' is not a task"):
+        manager.open("dmcontrol", task="hopper")
+    sid, session = manager.open("dmcontrol", task="walker-stand")
+    assert session.target_return == 950.0 and session.task.action_dim == 6
+    agent = RecurrentAgent.for_task(policy, spec, spec.tasks["walker-stand"], 1)
+    rng = np.random.default_rng(0)
+    rtg, prev = 950.0, 0.0
+    for t in range(4):
+        obs = torch.from_numpy(rng.normal(size=(1, 24)).astype(np.float32))
+        reward = float(rng.random())
+        action, used, step = manager.act(sid, obs, prev, t == 0)
+        with torch.inference_mode():
+            ref = agent.act(obs, torch.tensor([prev]), torch.tensor([rtg]))[0, :6].numpy()
+        assert action.shape == (6,) and used == pytest.approx(rtg) and step == t + 1
+        np.testing.assert_allclose(action, ref, atol=1e-6)
+        prev, rtg = reward, rtg - reward

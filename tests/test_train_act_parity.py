@@ -5,6 +5,8 @@ window of the same episode."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -13,9 +15,9 @@ import torch
 from lram.data.episode import returns_to_go
 from lram.data.normalization import state_statistics
 from lram.data.sampler import DomainData, SamplerConfig, WindowSampler
-from lram.evaluation import ActingSpec, evaluate_task
+from lram.evaluation import evaluate_task
 from lram.models import LRAMPolicy
-from lram.training.trainer import domain_registry
+from lram.models.domain import DomainSpec
 
 L, OBS, ACT = 12, 5, 3
 
@@ -79,17 +81,18 @@ def test_evaluation_loop_feeds_the_policy_what_training_fed_it(return_condition)
         trained = policy.decode(logits[0], False, action_dims=ACT)[:, :ACT].numpy()  # [C, dims, vocab] -> [C, dims]
 
     env = ReplayEnv(task)
-    spec = ActingSpec.from_registry(domain_registry([domain])[0])
-    evaluate_task(policy, lambda i: env, spec, episodes=1, target_return=float(task.returns[0]))
+    spec = DomainSpec.from_data(domain)  # what the checkpoint records
+    name = spec.task_names[0]
+    evaluate_task(policy, lambda i: env, spec, name, episodes=1, target_return=float(task.returns[0]))
     acted = np.stack(env.actions)
     assert acted.shape == (L, ACT)
     np.testing.assert_allclose(acted, trained, atol=1e-4)
     # and the comparison can fail: the same loop asking for another return, or on raw states, acts differently
     if return_condition:
         env.actions = []
-        evaluate_task(policy, lambda i: env, spec, episodes=1, target_return=float(task.returns[0]) + 50)
+        evaluate_task(policy, lambda i: env, spec, name, episodes=1, target_return=float(task.returns[0]) + 50)
         assert np.abs(np.stack(env.actions) - trained).max() > 1e-2
     env.actions = []
-    raw = ActingSpec(**{**vars(spec), "state_mean": None, "state_std": None})
-    evaluate_task(policy, lambda i: env, raw, episodes=1, target_return=float(task.returns[0]))
+    raw = dataclasses.replace(spec, state_mean=None, state_std=None)
+    evaluate_task(policy, lambda i: env, raw, name, episodes=1, target_return=float(task.returns[0]))
     assert np.abs(np.stack(env.actions) - trained).max() > 1e-2

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from lram.models import build_backbone
 from lram.models.kernels import load_cpu_kernels
 from lram.models.kernels import training as ops
-from lram.models.xlstm import M_EMPTY, mlstm_chunkwise, mlstm_parallel, mlstm_parallel_fused, multihead_norm
+from lram.models.mlstm_cells import M_EMPTY, mlstm_chunkwise, mlstm_parallel, mlstm_parallel_fused
+from lram.models.xlstm import multihead_norm
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -187,16 +187,16 @@ def test_sigkill_loses_only_steps_since_last_checkpoint(tmp_path, data_root):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (run / "checkpoints" / "step-00000010").exists(), "no checkpoint written before the kill"
-    from lram.training.checkpoint import latest_checkpoint
+    from lram.models.persistence import resolve_checkpoint
     from lram.training.trainer import resume_config
 
-    last = latest_checkpoint(run)
+    last = resolve_checkpoint(run)
     done = int(last.name.split("-")[1])
     assert done >= 10 and (last / "model.safetensors").exists()
     t = Trainer(resume_config(run, ["train.stop_after=" + str(done + 2)]), resume=True)
     assert t.step == done
     t.train()
-    assert latest_checkpoint(run).name == f"step-{done + 2:08d}"
+    assert resolve_checkpoint(run).name == f"step-{done + 2:08d}"
 
 
 def test_bf16_autocast_trains(tmp_path, data_root):

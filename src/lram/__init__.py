@@ -6,10 +6,10 @@ from lram.utils.checks import set_validation  # noqa: E402
 
 
 def load(path, device="cpu"):
-    """A ready LRAM policy from a checkpoint or run folder (see lram.training.checkpoint.load_policy)."""
-    from lram.training.checkpoint import load_policy
+    """A ready LRAM policy from a checkpoint or run folder (:meth:`lram.models.LRAMPolicy.from_pretrained`)."""
+    from lram.models.persistence import load_pretrained
 
-    return load_policy(path, device)[0]
+    return load_pretrained(path, device)
 
 
 __all__ = ["__version__", "load", "set_validation"]

@@ -3,8 +3,9 @@
 1. **Data** made here: Meta-World scripted-expert episodes (three tasks, with action noise for state
    coverage) and Dark-Room in-context histories (per goal an expert that searches the dark room until it
    finds the invisible goal, then goes straight to it in every later episode), in the paper's layout.
-2. **Training**: a tiny xLSTM policy on both domains, checkpointed (the recipe is
-   :func:`demo_overrides`; ``configs/cpu_tiny.yaml`` is the same recipe as a config file).
+2. **Training**: a tiny xLSTM policy on both domains, checkpointed.  The recipe ships with the package
+   (``lram/configs/cpu_tiny.yaml``, the same file as the repository's ``configs/cpu_tiny.yaml``);
+   :func:`demo_overrides` sets only the data paths, the run folder and what the budget changes.
 3. **Scores**: online evaluation of the checkpoint against a random baseline (data-normalised scores):
    every Meta-World task, and every training Dark-Room goal over consecutive episodes on one recurrent state
    (the goal is invisible: the policy can only do well by searching and then remembering where it was);
@@ -31,6 +32,7 @@ import numpy as np
 # what the demo must reach (issue 8): every Meta-World task >= 90% success, Meta-World >= 0.85 normalised,
 # Dark-Room training goals >= 0.5 normalised
 TARGETS = {"metaworld_task_success": 0.9, "metaworld_normalised": 0.85, "darkroom_normalised": 0.5}
+RECIPE = "cpu_tiny.yaml"  # the training recipe, package data in lram/configs/ (= the repository's configs/cpu_tiny.yaml)
 
 
 @dataclass
@@ -86,28 +88,44 @@ def make_data(out: Path, budget: DemoBudget, progress: bool) -> Path:
     return data / "packed"
 
 
+def recipe_path() -> Path:
+    """The demo's training recipe inside the installed package (a clear error if the install lacks it)."""
+    from importlib.resources import files
+
+    path = Path(str(files("lram").joinpath("configs", RECIPE)))
+    if not path.is_file():
+        raise FileNotFoundError(f"the demo's training recipe {path} is missing: lram was installed without its package "
+                                "data (lram/configs/*.yaml); reinstall it from a complete wheel or source checkout")
+    return path
+
+
 def demo_overrides(out: Path, data: Path, budget: DemoBudget) -> list[str]:
-    """The demo's training recipe as config overrides (the same as ``configs/cpu_tiny.yaml``)."""
+    """What the demo sets on top of its recipe (:func:`recipe_path`): data paths, run folder and the budget.
+
+    With the default :class:`DemoBudget` the result is the recipe itself, up to paths (tests/test_demo.py).
+    """
     steps = budget.train_steps
     return [
         f"data.domains=[{{name: metaworld, path: {data / 'metaworld'}}}, "
         f"{{name: darkroom, path: {data / 'darkroom'}, return_condition: false}}]",
-        "model.size=tiny", "model.backbone=xlstm[1:0]", "model.use_images=false", "model.continuous_decode=mean",
         f"data.context={budget.context}", f"data.batch_size={budget.batch_size}",
-        "data.domain_order=weighted",
         f"data.domain_weights={{metaworld: {budget.metaworld_share}, darkroom: {round(1 - budget.metaworld_share, 6)}}}",
-        "optim.lr=1e-3", "optim.warmup_steps=50", "optim.accumulation=1",
         f"train.steps={steps}", f"train.eval_every={max(steps // 2, 1)}", f"train.checkpoint_every={max(steps // 5, 1)}",
-        "train.log_every=10", f"logging.run_dir={out / 'run'}", "logging.tensorboard=false",
+        f"logging.run_dir={out / 'run'}", "logging.tensorboard=false",
     ]
 
 
-def train_policy(out: Path, data: Path, budget: DemoBudget) -> dict:
+def demo_config(out: Path, data: Path, budget: DemoBudget):
+    """The demo's training config: the packaged recipe with :func:`demo_overrides`."""
     from lram.training.config import load_config
+
+    return load_config(recipe_path(), demo_overrides(out, data, budget))
+
+
+def train_policy(out: Path, data: Path, budget: DemoBudget) -> dict:
     from lram.training.trainer import train
 
-    cfg = load_config(None, demo_overrides(out, data, budget))
-    return train(cfg, resume=(out / "run" / "checkpoints").exists())
+    return train(demo_config(out, data, budget), resume=(out / "run" / "checkpoints").exists())
 
 
 def evaluate_policy(out: Path, budget: DemoBudget, progress: bool) -> tuple[dict, dict]:

@@ -67,7 +67,7 @@ def floor_benchmark(shapes: Sequence[tuple[int, ...]], tokens: int, repeats: int
     * ``median_ms`` (the floor): each matrix times the step's activations through BLAS, the faster of a
       matrix-vector product per matrix and ``W @ x^T`` with ``tokens`` columns -- what the issue's targets
       are stated against;
-    * ``kernel_ms`` (the kernel floor, when lram's compiled CPU kernels are loaded): the same products with
+    * ``kernel_ms`` (the kernel floor, when lram's compiled CPU kernels load): the same products with
       lram's streaming few-rows kernel, i.e. exactly the weight traffic of lram's own step, so that the
       step's ratio to it is the cost of everything else (matrix memory, small ops);
     * ``sum_ms``: a plain sum over every matrix, for information (repeated passes keep part of the
@@ -97,9 +97,9 @@ def floor_benchmark(shapes: Sequence[tuple[int, ...]], tokens: int, repeats: int
     out = dict(min(gemv, columns, key=lambda t: t["median_ms"]))
     out.update(weights=int(sum(m.numel() for m in mats)), gemv_ms=gemv["median_ms"], columns_ms=columns["median_ms"],
                sum_ms=time_call(sum_pass, repeats, warmup)["median_ms"])
-    from lram.models import kernels
+    from lram.models.kernels import load_cpu_kernels
 
-    if kernels.LOADED:
+    if load_cpu_kernels():
         out["kernel_ms"] = time_call(kernel_pass, repeats, warmup)["median_ms"]
     return out
 
@@ -214,10 +214,6 @@ def run(
             overrides["backbone_options"] = {"max_positions": (max(contexts) + warmup + repeats + 2) * 3}
         torch.manual_seed(0)
         model = LRAMPolicy(LRAMConfig.from_preset(size, variant, use_images=False, **overrides)).eval()
-        if compile_step is False:
-            from lram.models.kernels import load_cpu_kernels
-
-            load_cpu_kernels()  # what an agent on the CPU uses (and the kernel floor)
         floor = floor_benchmark(step_weight_shapes(model), 3, repeats, warmup)
         bar.update(1)
         entry = {"params_total": model.num_parameters(), "step_weights": floor["weights"], "floor": floor,
@@ -226,6 +222,8 @@ def run(
         zero, rtg = torch.zeros(1), torch.ones(1)
         # one agent per model: a compiled step is compiled once and serves every context length
         agent = model.make_agent(1, discrete=False, action_dims=6, reward_scale=100.0, compile=compile_step)
+        # the agent prepares the model for inference (lram's fused CPU kernels where they apply): record which
+        entry["implementation"] = getattr(agent, "implementation", None)
         for C in contexts:
             how = _fill_state(model, agent, C, warmup + repeats + 1, gen)
             env_step = functools.partial(agent.act, obs, zero, rtg)

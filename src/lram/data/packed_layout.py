@@ -52,9 +52,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lram.data.episode import FIELDS, DataError, Episode, validate_episode
-from lram.data.paper_layout import _STEM_OK, _FolderLock, is_paper_task, remove_stale_temp_files
-from lram.data.taskdata import HANDLES, TaskData, canonical_episode, check_fields, jsonable, read_json, share_mode, write_json
+from lram.data.episode import FIELDS, DataError, Episode
+from lram.data.paper_layout import TaskWriter, is_paper_task, read_array_header
+from lram.data.taskdata import HANDLES, TaskData, check_fields, read_json, share_mode, write_json
 from lram.utils.io import atomic_path
 
 log = logging.getLogger("lram.data")
@@ -85,13 +85,10 @@ def read_npy_header(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
     """(dtype, shape, data offset) of an .npy file; DataError if it is not one."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
+            version, header = read_array_header(f)
+            if header is None:
                 raise ValueError(f"unsupported .npy version {version}")
+            shape, fortran, dtype = header
             offset = f.tell()
     except FileNotFoundError:
         raise DataError(path, None, "missing") from None
@@ -227,7 +224,7 @@ class PackedTask(TaskData):
 # writer
 
 
-class PackedWriter:
+class PackedWriter(TaskWriter):
     """Appends episodes to a packed-layout task folder; resumes (and repairs) an existing one.
 
     The first episode fixes every field's dtype and per-step shape; later episodes must match.
@@ -235,24 +232,12 @@ class PackedWriter:
     """
 
     def __init__(self, task_dir: str | os.PathLike, *, commit_every: int = 100, validate: bool = True):
-        if not isinstance(commit_every, int) or commit_every < 1:
-            raise ValueError(f"commit_every: expected a positive int, got {commit_every!r}")
-        self.dir = Path(task_dir)
-        self.commit_every, self.validate = commit_every, validate
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, object] = {}
+        super().__init__(task_dir, commit_every, validate)
+
+    def _refuse_other_layout(self) -> None:
         if not (self.dir / PACKED_FILE).exists() and is_paper_task(self.dir):
             raise DataError(self.dir, None, "holds a paper-layout task (episode files); write packed data elsewhere")
-        self._lock = _FolderLock(self.dir)
-        self._closed = False
-        self._files: dict[str, object] = {}
-        try:
-            remove_stale_temp_files(self.dir)
-            self._resume()
-        except BaseException:
-            self._close_files()
-            self._lock.release()
-            raise
-        self._pending = 0
 
     def _resume(self) -> None:
         self._stems: list[str] = []
@@ -315,13 +300,6 @@ class PackedWriter:
     def stems(self) -> list[str]:
         return list(self._stems)
 
-    @property
-    def num_episodes(self) -> int:
-        return len(self._stems)
-
-    def __len__(self) -> int:
-        return len(self._stems)
-
     def __contains__(self, stem: str) -> bool:
         return stem in self._stem_set
 
@@ -333,28 +311,7 @@ class PackedWriter:
 
     def write(self, episode: Episode, stem: str | None = None) -> str:
         """Validate and append one episode (visible to readers after the next commit); returns its stem."""
-        if self._closed:
-            raise RuntimeError(f"{self.dir}: writer is closed")
-        stem = self.next_stem() if stem is None else str(stem)
-        if not _STEM_OK.match(stem):
-            raise ValueError(f"stem: expected letters, digits, '_', '-', '+', '.' (not starting with '.'), got {stem!r}")
-        source = f"{self.dir}/{stem}"
-        if stem in self._stem_set:
-            raise DataError(source, None, f"episode {stem!r} already exists in this task")
-        if self.validate:
-            validate_episode(episode, source)
-        arrays = canonical_episode(episode)
-        if self._fields is None:
-            self._fields = {f: {"dtype": a.dtype, "shape": tuple(a.shape[1:])} for f, a in arrays.items()}
-        for f, a in arrays.items():
-            spec = self._fields[f]
-            if a.dtype != spec["dtype"] or tuple(a.shape[1:]) != spec["shape"]:
-                raise DataError(source, f, f"expected {spec['dtype']} with per-step shape {list(spec['shape'])} like the "
-                                f"task's other episodes, got {a.dtype} {list(a.shape[1:])}")
-        try:
-            info = jsonable(episode.info or {})
-        except TypeError as e:
-            raise DataError(source, "info", str(e)) from None
+        stem, _, arrays, info = self._prepare(episode, stem)
         for f, a in arrays.items():  # write at the end of the committed + appended rows (overwrites a failed append)
             fh = self._file(f)
             fh.seek(HEADER_BYTES + self._n * self._row_bytes(f))
@@ -366,10 +323,20 @@ class PackedWriter:
         self._lengths.append(n)
         self._returns.append(float(np.sum(arrays["rewards"], dtype=np.float64)))
         self._infos.append(info)
-        self._pending += 1
-        if self._pending >= self.commit_every:
-            self._commit()
+        self._written()
         return stem
+
+    def _source(self, stem: str) -> str:
+        return f"{self.dir}/{stem}"
+
+    def _check_kind(self, arrays: dict[str, np.ndarray], source: str) -> None:
+        if self._fields is None:
+            self._fields = {f: {"dtype": a.dtype, "shape": tuple(a.shape[1:])} for f, a in arrays.items()}
+        for f, a in arrays.items():
+            spec = self._fields[f]
+            if a.dtype != spec["dtype"] or tuple(a.shape[1:]) != spec["shape"]:
+                raise DataError(source, f, f"expected {spec['dtype']} with per-step shape {list(spec['shape'])} like the "
+                                f"task's other episodes, got {a.dtype} {list(a.shape[1:])}")
 
     def _file(self, field: str):
         fh = self._files.get(field)
@@ -396,10 +363,6 @@ class PackedWriter:
                 np.save(fh, offsets)
             share_mode(tmp)
 
-    def flush(self) -> None:
-        """Commit now: make every episode written so far visible to readers, durably."""
-        self._commit()
-
     def _commit(self) -> None:
         if self._fields is None:
             return
@@ -425,26 +388,10 @@ class PackedWriter:
         write_json(self.dir / PACKED_FILE, manifest)
         self._pending = 0
 
-    def _close_files(self) -> None:
+    def _release(self) -> None:
         for fh in self._files.values():
             fh.close()
         self._files = {}
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        try:
-            self._commit()
-        finally:
-            self._closed = True
-            self._close_files()
-            self._lock.release()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         return f"PackedWriter({str(self.dir)!r}, episodes={self.num_episodes})"

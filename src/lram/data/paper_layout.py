@@ -75,6 +75,13 @@ _STEM_OK = re.compile(r"^[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*$")
 # one episode file, opened
 
 
+def read_array_header(fh) -> tuple[tuple[int, int], tuple | None]:
+    """``(version, (shape, fortran_order, dtype))`` of the .npy header at ``fh``'s position (None: unknown version)."""
+    version = np.lib.format.read_magic(fh)
+    reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    return version, reader(fh) if reader else None
+
+
 class EpisodeFile:
     """Uniform read access to one episode file (HDF5 or npz): dataset names, shapes, slices, info."""
 
@@ -215,13 +222,10 @@ class NpzEpisodeFile(EpisodeFile):
             raise DataError(self.path, zi.filename[:-4], "corrupt zip member header")
         n, m = struct.unpack("<HH", local[26:30])
         fh.seek(zi.header_offset + 30 + n + m)
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
+        _, header = read_array_header(fh)
+        if header is None:
             return None
+        shape, fortran, dtype = header
         if dtype.hasobject:
             raise DataError(self.path, zi.filename[:-4], "holds pickled Python objects (not supported: unsafe to load)")
         if shape == () or 0 in shape:
@@ -508,10 +512,6 @@ class PaperTask(TaskData):
             return dict(self._infos[stem])
         return self._open(i).info()
 
-    def raw_file(self, i: int) -> EpisodeFile:
-        """The open episode file behind episode ``i`` (for checks and tools)."""
-        return self._open(i)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # writer
@@ -566,7 +566,93 @@ def check_same_kind(meta: dict, arrays: dict[str, np.ndarray], source) -> None:
         raise DataError(source, "actions", f"expected {kind} actions like the task's other episodes, got shape {list(a.shape)}")
 
 
-class PaperWriter:
+class TaskWriter:
+    """The skeleton shared by the layout writers: argument checks, folder, lock, resume, episode checks, close.
+
+    Subclasses implement ``_refuse_other_layout``, ``_resume`` (which sets ``_lengths``, one entry per episode),
+    ``_source``, ``_check_kind``, ``_commit``, ``next_stem`` and ``__contains__``; ``_release`` frees their own
+    resources (on close or a failed open).
+    """
+
+    def __init__(self, task_dir: str | os.PathLike, commit_every: int, validate: bool, **resume):
+        if not isinstance(commit_every, int) or commit_every < 1:
+            raise ValueError(f"commit_every: expected a positive int, got {commit_every!r}")
+        self.dir = Path(task_dir)
+        self.commit_every, self.validate = commit_every, validate
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._refuse_other_layout()
+        self._lock = _FolderLock(self.dir)
+        self._closed = False
+        try:
+            remove_stale_temp_files(self.dir)
+            self._resume(**resume)
+        except BaseException:
+            self._release()
+            self._lock.release()
+            raise
+        self._pending = 0
+
+    def _release(self) -> None:
+        """Free the subclass's open resources (the lock is released by the caller)."""
+
+    def _exists(self, stem: str, source) -> bool:
+        return stem in self
+
+    def _prepare(self, episode: Episode, stem: str | None) -> tuple[str, Path | str, dict[str, np.ndarray], dict]:
+        """Check one episode before it is written; returns ``(stem, source, canonical arrays, JSON-able info)``."""
+        if self._closed:
+            raise RuntimeError(f"{self.dir}: writer is closed")
+        stem = self.next_stem() if stem is None else str(stem)
+        if not _STEM_OK.match(stem):
+            raise ValueError(f"stem: expected letters, digits, '_', '-', '+', '.' (not starting with '.'), got {stem!r}")
+        source = self._source(stem)
+        if self._exists(stem, source):
+            raise DataError(source, None, f"episode {stem!r} already exists in this task")
+        if self.validate:
+            validate_episode(episode, str(source))
+        arrays = canonical_episode(episode)
+        self._check_kind(arrays, source)
+        try:
+            info = jsonable(episode.info or {})
+        except TypeError as e:
+            raise DataError(source, "info", str(e)) from None
+        return stem, source, arrays, info
+
+    def _written(self) -> None:
+        """Count one written episode; commit every ``commit_every``."""
+        self._pending += 1
+        if self._pending >= self.commit_every:
+            self._commit()
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._lengths)
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def flush(self) -> None:
+        """Commit now (done automatically every ``commit_every`` episodes and at close)."""
+        self._commit()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._commit()
+        finally:
+            self._closed = True
+            self._release()
+            self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class PaperWriter(TaskWriter):
     """Writes episodes into a task folder in the paper's layout; resumes an existing folder.
 
     Every episode file is written to a temp file and renamed into place; the index files are rewritten
@@ -582,25 +668,15 @@ class PaperWriter:
                  validate: bool = True, chunk_bytes: int | None = 1 << 18, progress: bool = True):
         if fmt not in ("hdf5", "npz"):
             raise ValueError(f"fmt: expected 'hdf5' or 'npz', got {fmt!r}")
-        if not isinstance(commit_every, int) or commit_every < 1:
-            raise ValueError(f"commit_every: expected a positive int, got {commit_every!r}")
-        self.dir = Path(task_dir)
         self.fmt, self.compress, self.level = fmt, bool(compress), int(compression_level)
         self.suffix = ".hdf5" if fmt == "hdf5" else ".npz"
-        self.commit_every, self.validate, self.chunk_bytes = commit_every, validate, chunk_bytes
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.chunk_bytes = chunk_bytes
+        super().__init__(task_dir, commit_every, validate, progress=progress)
+        self.stem_digits = stem_digits if stem_digits is not None else self._infer_digits()
+
+    def _refuse_other_layout(self) -> None:
         if (self.dir / "packed.json").exists():
             raise DataError(self.dir, None, "holds a packed-layout task (packed.json); write paper files elsewhere")
-        self._lock = _FolderLock(self.dir)
-        self._closed = False
-        try:
-            remove_stale_temp_files(self.dir)
-            self._resume(progress)
-        except BaseException:
-            self._lock.release()
-            raise
-        self.stem_digits = stem_digits if stem_digits is not None else self._infer_digits()
-        self._pending = 0
 
     # --- resume -------------------------------------------------------------------------------------------
     def _resume(self, progress: bool) -> None:
@@ -659,13 +735,6 @@ class PaperWriter:
     def stems(self) -> list[str]:
         return sorted(self._lengths, key=stem_sort_key)
 
-    @property
-    def num_episodes(self) -> int:
-        return len(self._lengths)
-
-    def __len__(self) -> int:
-        return len(self._lengths)
-
     def __contains__(self, stem: str) -> bool:
         return stem in self._lengths
 
@@ -679,27 +748,7 @@ class PaperWriter:
 
     def write(self, episode: Episode, stem: str | None = None) -> str:
         """Validate and write one episode atomically; returns its stem (auto-numbered if None)."""
-        if self._closed:
-            raise RuntimeError(f"{self.dir}: writer is closed")
-        if stem is None:
-            stem = self.next_stem()
-        stem = str(stem)
-        if not _STEM_OK.match(stem):
-            raise ValueError(f"stem: expected letters, digits, '_', '-', '+', '.' (not starting with '.'), got {stem!r}")
-        target = self.dir / f"{stem}{self.suffix}"
-        if stem in self._lengths or target.exists():
-            raise DataError(target, None, f"episode {stem!r} already exists in this task")
-        if self.validate:
-            validate_episode(episode, str(target))
-        arrays = canonical_episode(episode)
-        if self._meta is None:
-            self._meta = _task_meta(arrays)
-        else:
-            check_same_kind(self._meta, arrays, target)
-        try:
-            info = jsonable(episode.info or {})
-        except TypeError as e:
-            raise DataError(target, "info", str(e)) from None
+        stem, target, arrays, info = self._prepare(episode, stem)
         self._write_file(target, arrays, info)
         n = len(arrays["rewards"])
         self._lengths[stem] = n
@@ -710,10 +759,20 @@ class PaperWriter:
             self._infos[stem] = info
         if stem.isdigit():
             self._next = max(self._next, int(stem) + 1)
-        self._pending += 1
-        if self._pending >= self.commit_every:
-            self._commit()
+        self._written()
         return stem
+
+    def _source(self, stem: str) -> Path:
+        return self.dir / f"{stem}{self.suffix}"
+
+    def _exists(self, stem: str, source: Path) -> bool:
+        return stem in self._lengths or source.exists()
+
+    def _check_kind(self, arrays: dict[str, np.ndarray], source: Path) -> None:
+        if self._meta is None:
+            self._meta = _task_meta(arrays)
+        else:
+            check_same_kind(self._meta, arrays, source)
 
     def _write_file(self, target: Path, arrays: dict[str, np.ndarray], info: dict) -> None:
         text = json.dumps(info) if info else None
@@ -744,10 +803,6 @@ class PaperWriter:
                     save(fh, **arrays, **extra)
             share_mode(tmp)
 
-    def flush(self) -> None:
-        """Rewrite the index files now (done automatically every ``commit_every`` episodes and at close)."""
-        self._commit()
-
     def _commit(self) -> None:
         stems = self.stems
         d = self.dir
@@ -758,21 +813,6 @@ class PaperWriter:
         write_json(d / STATS_FILE, summary_stats([self._lengths[s] for s in stems], [self._returns[s] for s in stems]), indent=2)
         write_json(d / LENGTHS_FILE, {s: self._lengths[s] for s in stems})  # last: the commit point
         self._pending = 0
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        try:
-            self._commit()
-        finally:
-            self._closed = True
-            self._lock.release()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         return f"PaperWriter({str(self.dir)!r}, fmt={self.fmt!r}, compress={self.compress}, episodes={self.num_episodes})"

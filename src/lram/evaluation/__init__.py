@@ -8,9 +8,10 @@
   learning curves of a run (``lram plot``).
 """
 
+from lram.evaluation.driver import EpisodeDriver
 from lram.evaluation.envs import ENV_BUILDERS, make_eval_env
 from lram.evaluation.evaluate import evaluate_checkpoint, format_report, random_policy_returns
-from lram.evaluation.rollout import ActingSpec, EpisodeResult, evaluate_task, summarize
+from lram.evaluation.rollout import EpisodeResult, evaluate_task, summarize
 
-__all__ = ["ENV_BUILDERS", "ActingSpec", "EpisodeResult", "evaluate_checkpoint", "evaluate_task", "format_report",
+__all__ = ["ENV_BUILDERS", "EpisodeDriver", "EpisodeResult", "evaluate_checkpoint", "evaluate_task", "format_report",
            "make_eval_env", "random_policy_returns", "summarize"]

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from lram.evaluation.envs import ENV_BUILDERS, make_eval_env
-from lram.evaluation.rollout import ActingSpec, EpisodeResult, evaluate_task, summarize
+from lram.evaluation.rollout import EpisodeResult, evaluate_task, summarize
+from lram.models.domain import DomainSpec
+from lram.models.persistence import load_pretrained, resolve_checkpoint
 from lram.utils.io import write_json_atomic
 
 
@@ -51,7 +53,7 @@ def normalised_score(value: float, low: float, high: float) -> float | None:
     return None if abs(high - low) <= 1e-6 * max(1.0, abs(high), abs(low)) else (value - low) / (high - low)
 
 
-def _check_domain(registry: dict, domain: str, where: str) -> None:
+def _check_domain(registry: dict[str, DomainSpec], domain: str, where: str) -> None:
     """ValueError (prefixed by ``where``) unless ``domain`` is in the checkpoint and has an environment."""
     if domain not in registry:
         raise ValueError(f"{where}: {domain!r} is not in the checkpoint (it has {', '.join(registry)})")
@@ -63,14 +65,14 @@ def _task_plan(registry: dict, domains: Sequence[str], tasks: Sequence[str] | No
     """Tasks to evaluate per domain.  ``tasks`` entries are ``task`` (a task of the checkpoint's data) or
     ``domain/task`` (any task of that domain, e.g. a held-out one); none: every task of ``domains``."""
     if not tasks:
-        return {d: list(registry[d]["tasks"]) for d in domains}
+        return {d: registry[d].task_names for d in domains}
     plan: dict[str, list[str]] = {}
     for item in tasks:
         if "/" in item:
             d, task = item.split("/", 1)
             _check_domain(registry, d, f"tasks: {item!r}")
         else:
-            owners = [d for d in domains if item in registry[d]["tasks"]]
+            owners = [d for d in domains if item in registry[d].tasks]
             if not owners:
                 raise ValueError(f"tasks: {item!r} is not a task of the checkpoint's data in {', '.join(domains)}; "
                                  "write domain/task for other tasks of a domain (e.g. held-out ones)")
@@ -81,20 +83,24 @@ def _task_plan(registry: dict, domains: Sequence[str], tasks: Sequence[str] | No
     return plan
 
 
-def evaluate_one(policy, entry: dict, task: str, target: float, *, episodes: int, num_envs: int, seed: int,
-                 max_steps: int | None, random_baseline: bool, progress: bool = False, in_context_envs: int = 1) -> dict:
-    """One task of a domain (``entry``: its registry record): the report row (summary, episodes, baseline).
-    In-context domains run ``in_context_envs`` environments (default 1), each through consecutive episodes
-    on one recurrent state, so that the policy can use what it found in earlier episodes."""
-    d = entry["name"]
-    if entry.get("in_context"):
+def evaluate_one(policy, domain: DomainSpec, task: str, target: float | None = None, *, episodes: int, num_envs: int,
+                 seed: int, max_steps: int | None, random_baseline: bool, progress: bool = False,
+                 in_context_envs: int = 1) -> dict:
+    """One task of a domain: the report row (summary, episodes, baseline); the evaluation core of ``lram eval``
+    and of rollouts during training.  ``target``: the return to condition on (default the task's best in the
+    data, a held-out task the domain's best).  In-context domains run ``in_context_envs`` environments (default
+    1), each through consecutive episodes on one recurrent state, so that the policy can use what it found in
+    earlier episodes."""
+    d = domain.name
+    if domain.in_context:
         num_envs = max(1, in_context_envs)
+    target = float(domain.default_target(task) if target is None else target)
     t0 = time.perf_counter()
-    results = evaluate_task(policy, lambda i: make_eval_env(d, task, seed + i), ActingSpec.from_registry(entry),
+    results = evaluate_task(policy, lambda i: make_eval_env(d, task, seed + i), domain, task,
                             episodes=episodes, target_return=target, num_envs=num_envs, seed=seed, max_steps=max_steps,
                             progress=progress, desc=f"{d}/{task}")
     rand = random_policy_returns(d, task, episodes, seed, max_steps) if random_baseline else None
-    return task_row(results, target, rand, task in entry["tasks"], time.perf_counter() - t0)
+    return task_row(results, target, rand, task in domain.tasks, time.perf_counter() - t0)
 
 
 def task_row(results: Sequence[EpisodeResult], target: float, random_results: Sequence[EpisodeResult] | None,
@@ -116,15 +122,13 @@ _worker_policy = None
 
 def _init_worker(path: str, device: str, threads: int) -> None:
     global _worker_policy
-    from lram.training.checkpoint import load_policy
-
     torch.set_num_threads(threads)
-    _worker_policy = load_policy(path, device)[0]
+    _worker_policy = load_pretrained(path, device)
 
 
 def _worker_job(job):
     entry, task, target, options = job
-    return (entry["name"], task), evaluate_one(_worker_policy, entry, task, target, **options)
+    return (entry.name, task), evaluate_one(_worker_policy, entry, task, target, **options)
 
 
 def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
@@ -135,10 +139,8 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
     """Evaluate the checkpoint at ``path`` (a run or checkpoint folder); returns (and writes to ``out``) a
     report: per task the episodes and their summary, per domain and overall the mean normalised score.
     ``workers > 1`` spreads the tasks over that many processes (same results: seeds are per episode)."""
-    from lram.training.checkpoint import load_policy
-
-    policy, meta = load_policy(path, device)
-    registry = {d["name"]: d for d in meta["domains"]}
+    policy = load_pretrained(path, device)
+    registry = policy.domains
     if not registry:
         raise ValueError(f"{path}: the checkpoint has no domain registry (policy.json 'domains'), nothing to evaluate")
     chosen = list(domains) if domains else [d for d in registry if d in ENV_BUILDERS]
@@ -149,9 +151,7 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
     for d, names in plan.items():
         entry = registry[d]
         for task in names:
-            # a task of the data: its best return there; a new (held-out) task: the domain's best
-            default = entry["max_returns"].get(task, max(entry["max_returns"].values(), default=0.0))
-            target = float(target_return if target_return is not None else default)
+            target = float(target_return if target_return is not None else entry.default_target(task))
             jobs.append((entry, task, target))
     options = {"episodes": episodes, "num_envs": num_envs, "in_context_envs": in_context_envs, "seed": seed,
                "max_steps": max_steps,
@@ -159,7 +159,7 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
     rows: dict[tuple[str, str], dict] = {}
     if workers <= 1 or len(jobs) <= 1:
         for entry, task, target in jobs:
-            rows[entry["name"], task] = evaluate_one(policy, entry, task, target, progress=progress, **options)
+            rows[entry.name, task] = evaluate_one(policy, entry, task, target, progress=progress, **options)
     else:  # tasks spread over processes, each with its own copy of the policy (simulators are the slow part)
         import multiprocessing as mp
 
@@ -173,8 +173,8 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
             for (d, task), row in pool.imap_unordered(_worker_job, args):
                 rows[d, task] = row
                 bar.update(1)
-    report = assemble_report(meta["path"], meta["step"], episodes, seed,
-                             {d: (bool(registry[d].get("in_context", False)), {t: rows[d, t] for t in names})
+    report = assemble_report(policy.checkpoint["path"], policy.checkpoint["step"], episodes, seed,
+                             {d: (registry[d].in_context, {t: rows[d, t] for t in names})
                               for d, names in plan.items()})
     if out is not None:
         write_json_atomic(out, report)
@@ -263,11 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     try:
-        from lram.training.checkpoint import latest_checkpoint
-
-        ckpt = latest_checkpoint(a.run)
+        ckpt = resolve_checkpoint(a.run)
         out = a.out
-        if out is None and ckpt is not None:
+        if out is None:
             out = (a.run if a.run != ckpt else ckpt.parent.parent) / "eval" / f"{ckpt.name}.json"
         report = evaluate_checkpoint(a.run, domains=split(a.domains), tasks=split(a.tasks), episodes=a.episodes,
                                      num_envs=a.envs, in_context_envs=a.envs_in_context, seed=a.seed,

@@ -47,8 +47,10 @@ Mamba time is mostly the matrix products (~55%), the causal conv (~15%, PyTorch 
 ``step`` at batch 1 on 3 tokens (D=512, 8 blocks): ~7.5-8.5 ms, against ~4 ms for one pass over its weight
 matrices (the memory-bound floor); the scan is ~1.5 ms of the difference, the other small ops the rest.
 
-``step`` (k >= 1 new tokens) runs the same layer code on [B, k, D]: every weight matrix is read once per
-call and only the scan loops over the k tokens.
+``step`` (k >= 1 new tokens) runs the same layer code on [B, k, D] (``MambaMixer.forward(..., step=True)``):
+every weight matrix is read once per call and only the scan loops over the k tokens.  After
+:meth:`~lram.models.backbone.Backbone.prepare_for_inference` chose lram's fused CPU kernels (``step_kernel``),
+each block of a CPU inference step is one compiled call (``torch.ops.lram.mamba_block_step``, the same function).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lram.models.backbone import Backbone
-from lram.models.kernels import STEP_KERNELS, cached_step_arguments, fused_step_applies, fused_training_applies
+from lram.models.kernels import STEP_KERNELS, fused_training_applies
 from lram.models.kernels import training as train_ops
 from lram.models.layers import Linear, exporting
 from lram.models.state import RecurrentState
@@ -453,9 +455,13 @@ class MambaMixer(nn.Module):
         return y * F.silu(z), h
 
     # ------------------------------------------------------------ modes
-    def forward(self, u: torch.Tensor, conv_state: torch.Tensor | None = None, h: torch.Tensor | None = None):
-        """u [B, T, D] -> (out [B, T, D], conv_state, h); None states mean a fresh sequence."""
-        if (torch.is_grad_enabled() and self.in_proj.bias is None
+    def forward(self, u: torch.Tensor, conv_state: torch.Tensor | None = None, h: torch.Tensor | None = None, *,
+                step: bool = False):
+        """u [B, T, D] -> (out [B, T, D], conv_state, h); None states mean a fresh sequence.
+
+        ``step=True`` (see :meth:`step`) is the same function on k new tokens: the same layer code, which only
+        picks the scan for a few tokens (token updates with ``mamba_ssm``, the PyTorch scan on the CPU)."""
+        if (not step and torch.is_grad_enabled() and self.in_proj.bias is None
                 and _fused_training(self.cfg.train_kernel, u, self.in_proj.weight)):
             x, z = _SplitLinear.apply(u, self.in_proj.weight)
         else:
@@ -463,29 +469,23 @@ class MambaMixer(nn.Module):
         x, conv_state = self._conv(x, conv_state)
         dt, B, C = self._ssm_inputs(x)
         kernels = _kernels_for(u, self.cfg.kernel)
-        if kernels is None and self._fused_scan_applies(x, z, dt, B, C, h, self.A_log, self.D, self.dt_proj.bias):
+        if (not step and kernels is None
+                and self._fused_scan_applies(x, z, dt, B, C, h, self.A_log, self.D, self.dt_proj.bias)):
             y, h = self._scan_fused(x, z, dt, B, C, h)
-            return self.out_proj(y), conv_state, h
-        with _no_autocast(u.device.type):
-            if kernels is None:
-                y, h = self._scan_torch(x, z, dt, B, C, h)
-            else:
-                y, h = self._scan_cuda(kernels, x, z, dt, B, C, h)
+        else:
+            with _no_autocast(u.device.type):
+                if kernels is None:
+                    y, h = self._scan_torch(x, z, dt, B, C, h)
+                elif step:
+                    y, h = self._step_cuda(kernels, x, z, dt, B, C, h)
+                else:
+                    y, h = self._scan_cuda(kernels, x, z, dt, B, C, h)
         return self.out_proj(y), conv_state, h
 
     def step(self, u: torch.Tensor, conv_state: torch.Tensor, h: torch.Tensor):
-        """u [B, k, D], k >= 1 new tokens -> (out [B, k, D], conv_state, h): ``forward`` continuing a state,
-        with every weight read once for the k tokens (only the scan loops over them)."""
-        x, z = self.in_proj(u).chunk(2, dim=-1)
-        x, conv_state = self._conv(x, conv_state)
-        dt, B, C = self._ssm_inputs(x)
-        kernels = _kernels_for(u, self.cfg.kernel)
-        with _no_autocast(u.device.type):
-            if kernels is None:
-                y, h = self._scan_torch(x, z, dt, B, C, h)
-            else:
-                y, h = self._step_cuda(kernels, x, z, dt, B, C, h)
-        return self.out_proj(y), conv_state, h
+        """u [B, k, D], k >= 1 new tokens -> (out [B, k, D], conv_state, h): :meth:`forward` continuing a
+        state, with every weight read once for the k tokens (only the scan loops over them)."""
+        return self.forward(u, conv_state, h, step=True)
 
     # ------------------------------------------------------------ mamba_ssm kernels (CUDA)
     def _scan_cuda(self, k, x, z, dt, B, C, h0):
@@ -536,13 +536,13 @@ class MambaBlock(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.train_kernel)
         self.mixer = MambaMixer(cfg)
 
-    def forward(self, x, conv_state=None, h=None):
-        y, conv_state, h = self.mixer(self.norm(x), conv_state, h)
+    def forward(self, x, conv_state=None, h=None, *, step: bool = False):
+        y, conv_state, h = self.mixer(self.norm(x), conv_state, h, step=step)
         return x + y, conv_state, h
 
     def step(self, x, conv_state, h):
-        y, conv_state, h = self.mixer.step(self.norm(x), conv_state, h)
-        return x + y, conv_state, h
+        """:meth:`forward` on k new tokens continuing a state (see :meth:`MambaMixer.step`)."""
+        return self.forward(x, conv_state, h, step=True)
 
 
 # ============================================================================ the backbone
@@ -550,6 +550,7 @@ class MambaBackbone(Backbone):
     """A stack of Mamba-1 blocks with a final RMSNorm; parallel ``forward`` and recurrent ``step``."""
 
     kind = "mamba"
+    fused_step_ops = ("mamba_block_step", "linear_rows")
 
     def __init__(self, config: MambaConfig):
         super().__init__()
@@ -574,7 +575,7 @@ class MambaBackbone(Backbone):
         return y, (RecurrentState(new, self.state_signature()) if return_state else None)
 
     def _step(self, x, state):
-        if fused_step_applies(self.config.step_kernel, x, state, self.norm_f.weight):
+        if self._fused_step_applies(x):
             return self._fused_step(x, state)
         new = {}
         for block, (kc, kh) in zip(self.blocks, self._keys):
@@ -586,21 +587,17 @@ class MambaBackbone(Backbone):
         function as ``MambaBlock.step``, updating the state tensors in place)."""
         tensors = state.tensors
         eps = self.config.norm_eps
-        for (kc, kh), args in zip(self._keys, self._fused_arguments()):
+        for (kc, kh), args in zip(self._keys, self._fused_args):
             x = torch.ops.lram.mamba_block_step(x, *args, tensors[kc], tensors[kh], eps)
         return self.norm_f(x), RecurrentState(dict(tensors), state.signature)
 
-    def _fused_arguments(self) -> list[tuple[torch.Tensor, ...]]:
-        """Per block, the weights the fused step reads, looked up once."""
-
-        def build():
-            return [
-                (b.norm.weight, m.in_proj.weight, m.conv1d.weight, m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight,
-                 m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight)
-                for b, m in ((b, b.mixer) for b in self.blocks)
-            ]
-
-        return cached_step_arguments(self, build)
+    def _fused_step_arguments(self) -> list[tuple[torch.Tensor, ...]]:
+        """Per block, the weights the fused step reads."""
+        return [
+            (b.norm.weight, m.in_proj.weight, m.conv1d.weight, m.conv1d.bias, m.x_proj.weight, m.dt_proj.weight,
+             m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight)
+            for b, m in ((b, b.mixer) for b in self.blocks)
+        ]
 
     def _init_state(self, batch_size, device):
         cfg = self.config

@@ -427,6 +427,50 @@ class LRAMPolicy(nn.Module):
             check_tensor("first_step", batch.first_step, [B, C], dtype=torch.bool)
         return B, C
 
+    # ------------------------------------------------------------------ recurrent mode
+    def step(self, obs: torch.Tensor, prev_reward: torch.Tensor, rtg: torch.Tensor, reward_scale: torch.Tensor,
+             state: RecurrentState, prev_action_tokens: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, RecurrentState]:
+        """One environment step per row, the mirror of :meth:`forward`: the token group (a_{t-1}, r_{t-1}, s_t,
+        R_t) of each row, one backbone ``step`` over it, the action head at its last token.  The one place an
+        environment step is computed (agents, the ONNX export and the server wrap it).
+
+        obs: [B, d] vectors (standardised as in training) or [B, 3, 64, 64] uint8; prev_reward, rtg,
+        reward_scale: [B] raw; prev_action_tokens: [B, max_act_dim] (action_condition only).  Returns the
+        logits [B, max_act_dim, vocab] and the new state (recurrent backbones update ``state`` in place)."""
+        tokens = self.embed_groups(obs, rtg, prev_reward, prev_action_tokens, reward_scale, batch_dims=1)
+        y, state = self.backbone.step(tokens, state)
+        return self.action_head(y[:, -1]).reshape(obs.shape[0], self.config.max_act_dim, -1), state
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> RecurrentState:
+        """The recurrent state of ``batch_size`` fresh episodes."""
+        return self.backbone.init_state(batch_size, device)
+
+    def prepare_for_inference(self) -> str:
+        """Choose the implementation of :meth:`step` once, explicitly: lram's fused CPU kernels where the
+        backbone's ``step_kernel`` setting and the weights allow them, PyTorch ops otherwise.  Returns the
+        name of the choice.  A policy never prepared steps with PyTorch ops (same function, slower)."""
+        from lram.models.layers import use_row_kernel
+
+        choice = self.backbone.prepare_for_inference()
+        use_row_kernel(self, choice == "fused")
+        return choice
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, folder, domains=(), step: int | None = None):
+        """Write weights, config and domain specs to ``folder`` atomically (see lram.models.persistence)."""
+        from lram.models.persistence import save_pretrained
+
+        return save_pretrained(folder, self, domains if domains else getattr(self, "domains", {}).values(), step=step)
+
+    @classmethod
+    def from_pretrained(cls, path, device: str | torch.device = "cpu") -> LRAMPolicy:
+        """A ready policy (eval mode) from a policy folder or a run folder's newest checkpoint, verified against
+        its checksum; ``policy.domains`` holds its domain specs (name -> DomainSpec)."""
+        from lram.models.persistence import load_pretrained
+
+        return load_pretrained(path, device)
+
     # ------------------------------------------------------------------ acting
     def make_agent(self, num_envs: int, **kwargs) -> RecurrentAgent:
         return RecurrentAgent(self, num_envs, **kwargs)
@@ -490,26 +534,23 @@ class RecurrentAgent:
             raise ValueError("state_mean, state_std: give both (the domain's state normalisation) or neither")
         self.state_mean = None if state_mean is None else torch.as_tensor(state_mean, dtype=torch.float32, device=self.device)
         self.state_std = None if state_std is None else torch.as_tensor(state_std, dtype=torch.float32, device=self.device)
-        self.state = model.backbone.init_state(num_envs, self.device)
+        self.state = model.init_state(num_envs, self.device)
         self.fresh = torch.ones(num_envs, dtype=torch.bool, device=self.device)
         self.prev_action_tokens = torch.full((num_envs, cfg.max_act_dim), cfg.action_pad_id, device=self.device)
         self.last_logits: torch.Tensor | None = None
         # compile=True: torch.compile the whole step (embedding, backbone step, head) into fused kernels,
         # which removes most of the per-op overhead of PyTorch ops (GPUs); on the CPU the eager step with
-        # lram's compiled CPU kernels (lram.models.kernels) is ~2x faster than a compiled step
-        self._step_fn = torch.compile(self._step_logits, dynamic=None) if compile else self._step_logits
-        if self.device.type == "cpu" and not compile:  # fused CPU step kernels (built once; PyTorch ops if unavailable)
-            from lram.models.kernels import load_cpu_kernels
+        # lram's fused CPU kernels is ~2x faster than a compiled step
+        self.implementation = "compiled" if compile else model.prepare_for_inference()
+        self._step_fn = torch.compile(model.step, dynamic=None) if compile else model.step
 
-            load_cpu_kernels()
-
-    def _step_logits(self, obs, prev_reward, rtg, prev_action_tokens, state_tensors):
-        """Embedding of one token group per row, one backbone step, the action head (checks done by act)."""
-        model = self.model
-        tokens = model.embed_groups(obs, rtg, prev_reward, prev_action_tokens, self.reward_scale, batch_dims=1)
-        y, state = model.backbone._step(tokens, RecurrentState(state_tensors, model.backbone.state_signature()))
-        logits = model.action_head(y[:, -1]).reshape(obs.shape[0], model.config.max_act_dim, -1)
-        return logits, state.tensors
+    @classmethod
+    def for_task(cls, model: LRAMPolicy, domain, task, num_envs: int, **kwargs) -> RecurrentAgent:
+        """An agent for ``num_envs`` environments of one task (``domain``: a DomainSpec, ``task``: a TaskSpec)."""
+        return cls(model, num_envs, discrete=domain.discrete,
+                   num_actions=task.num_actions if domain.discrete else None,
+                   action_dims=None if domain.discrete else task.action_dim, reward_scale=domain.reward_scale,
+                   state_mean=domain.state_mean, state_std=domain.state_std, **kwargs)
 
     def reset(self, mask: torch.Tensor | None = None, keep_context: bool = False) -> None:
         """Start new episodes in the rows where ``mask`` [num_envs] is True (all rows if None).  With
@@ -545,8 +586,8 @@ class RecurrentAgent:
             if d > self.state_mean.numel():
                 raise ValueError(f"obs: {d} features, more than the domain's normalisation has ({self.state_mean.numel()})")
             obs = standardize(obs, self.state_mean, self.state_std)
-        logits, tensors = self._step_fn(obs, prev_reward, rtg, self.prev_action_tokens, self.state.tensors)
-        self.state = RecurrentState(tensors, self.state.signature)
+        tokens = self.prev_action_tokens if self.model.config.action_condition else None
+        logits, self.state = self._step_fn(obs, prev_reward, rtg, self.reward_scale, self.state, tokens)
         self.last_logits = logits
         actions = self.model.decode(logits, self.discrete, self.num_actions, self.action_dims)
         self.fresh = torch.zeros_like(self.fresh)

@@ -25,7 +25,7 @@ SIZE_PRESETS: dict[str, SizePreset] = {
     # small presets for CPU experiments and tests
     "tiny": SizePreset(128, 2, (1,)),
     "small": SizePreset(256, 3, (1,)),
-    # the paper's sizes; counts include its unused embedding tables and heads (see policy.paper_extra_params)
+    # the paper's sizes; counts include its unused embedding tables and heads (see lram.models.report.paper_unused_params)
     "16M": SizePreset(512, 4, (1,), {"transformer": 16.6, "xlstm[1:0]": 16.1, "xlstm[7:1]": 16.1, "mamba": 16.7}),
     "48M": SizePreset(768, 6, (1, 3), {"transformer": 48.4, "xlstm[1:0]": 47.9, "xlstm[7:1]": 47.8, "mamba": 49.9}),
     "110M": SizePreset(

@@ -43,7 +43,3 @@ def build_backbone(kind: str, d_model: int, num_blocks: int, **options) -> Backb
     cls, _ = backbone_classes(kind)
     return cls(make_config(kind, d_model=d_model, num_blocks=num_blocks, **options))
 
-
-def build_backbone_from_config(kind: str, config) -> Backbone:
-    cls, _ = backbone_classes(kind)
-    return cls(config)

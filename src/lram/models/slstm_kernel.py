@@ -12,8 +12,8 @@ from lram.models import kernels
 
 
 def slstm_kernel_available() -> bool:
-    """Whether the fused sLSTM scan ops are registered (call after ``kernels.load_cpu_kernels()``)."""
-    return kernels.LOADED and hasattr(torch.ops.lram, "slstm_scan_fwd")
+    """Whether the fused sLSTM scan ops are usable (loading lram's CPU kernels if they are not yet)."""
+    return kernels.load_cpu_kernels() and hasattr(torch.ops.lram, "slstm_scan_fwd")
 
 
 class SLSTMScanFunction(torch.autograd.Function):

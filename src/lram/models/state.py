@@ -6,6 +6,9 @@ Because it is plain tensors, a state can be moved between devices, sliced by bat
 environment), concatenated, saved with safetensors and loaded again; because it carries the signature,
 a backbone refuses a state made by another configuration with a clear error.
 
+It is registered as a PyTorch pytree (leaves: its tensors in order; context: names and signature), so
+``torch.compile``, ``torch.export`` and ``torch.utils._pytree`` functions take and return it as it is.
+
 Backbones may update a state's tensors in place during ``step`` (the Transformer's KV cache does, to
 avoid copying the cache every step); call :meth:`RecurrentState.clone` to keep an old state.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 
 RowIndex = int | slice | Sequence[int] | torch.Tensor
 
@@ -59,9 +63,6 @@ class RecurrentState:
         shapes = ", ".join(f"{k}: {list(v.shape)}" for k, v in list(self.tensors.items())[:4])
         more = f", ... ({len(self.tensors)} tensors)" if len(self.tensors) > 4 else ""
         return f"RecurrentState(batch={self.batch_size}, {shapes}{more}; {self.signature})"
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
     # ------------------------------------------------------------ transforms
     def _map(self, fn) -> RecurrentState:
@@ -142,3 +143,20 @@ class RecurrentState:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
             meta = f.metadata() or {}
         return cls.from_state_dict(tensors, meta)
+
+
+def _flatten(state: RecurrentState):
+    return list(state.tensors.values()), (tuple(state.tensors), state.signature)
+
+
+def _flatten_with_keys(state: RecurrentState):
+    return [(pytree.MappingKey(k), v) for k, v in state.tensors.items()], (tuple(state.tensors), state.signature)
+
+
+def _unflatten(values, context) -> RecurrentState:
+    names, signature = context
+    return RecurrentState(dict(zip(names, values)), signature)
+
+
+pytree.register_pytree_node(RecurrentState, _flatten, _unflatten, serialized_type_name="lram.RecurrentState",
+                            flatten_with_keys_fn=_flatten_with_keys)

@@ -19,10 +19,14 @@ stacked blocks the output still depends on up to ``num_blocks * (kv_window - 1) 
 
 ``step`` writes into the cache tensors **in place** (no copy of the cache per step; whole-history caches
 grow by doubling), so the returned state shares tensors with the input state: treat the input state as
-consumed and :meth:`RecurrentState.clone` it to branch (``RecurrentState.rows`` with an int or a slice
-returns views, which alias too).  The in-place path is taken when no gradient is recorded
+consumed and :meth:`RecurrentState.clone` it to branch (``RecurrentState.rows`` always copies, so a state
+of some rows is independent of the one it came from).  The in-place path is taken when no gradient is recorded
 (``torch.no_grad`` / ``torch.inference_mode``); with autograd on, writes copy the cache so that backward
 stays valid (correct, but slow for inference).
+
+Inference implementation: :meth:`~lram.models.backbone.Backbone.prepare_for_inference` with
+``step_kernel`` "auto" or "fused" switches the block's linear layers to lram's few-rows CPU kernel
+(attention stays SDPA); an unprepared backbone, or ``step_kernel="torch"``, uses BLAS.
 
 Positions are indices since the row's last reset; a position ``>= max_positions`` raises ``ValueError``
 (they are never clamped): set ``max_positions`` to the longest history in tokens the model must handle.
@@ -38,9 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lram.models.backbone import Backbone
+from lram.models.kernels import STEP_KERNELS
 from lram.models.layers import Linear
 from lram.models.state import RecurrentState
-from lram.utils.checks import check_positive_int
+from lram.utils.checks import check_choice, check_positive_int
 
 _INITIAL_CAPACITY = 256  # slots of a fresh whole-history cache (grows by doubling)
 
@@ -53,7 +58,9 @@ class TransformerConfig:
     *tokens* (the policy converts timesteps to tokens).  ``kv_margin``: extra ring-buffer slots in window
     mode; at most ``kv_margin + 1`` tokens are written per attention call.  ``prefill_chunk``: sequences
     longer than this (or continuing from a state) are processed in query chunks of this size, so memory
-    stays linear in the sequence length.
+    stays linear in the sequence length.  ``step_kernel``: "auto" (lram's row kernel in the linear layers
+    at inference when the CPU kernels load), "fused" (require it) or "torch" (BLAS only); it takes effect
+    through ``prepare_for_inference()``.
     """
 
     d_model: int
@@ -65,8 +72,10 @@ class TransformerConfig:
     kv_margin: int = 128
     ln_eps: float = 1e-5
     prefill_chunk: int = 1024
+    step_kernel: str = "auto"
 
     def __post_init__(self) -> None:
+        check_choice("step_kernel", self.step_kernel, STEP_KERNELS)
         for name in ("d_model", "num_blocks", "head_dim", "mlp_ratio", "max_positions", "kv_margin", "prefill_chunk"):
             check_positive_int(name, getattr(self, name))
         if self.kv_window is not None:

@@ -1,4 +1,4 @@
-"""xLSTM backbone: mLSTM and sLSTM blocks (Beck et al. 2024) as used by LRAM, in one readable file.
+"""xLSTM backbone: mLSTM and sLSTM blocks (Beck et al. 2024) as used by LRAM.
 
 Structure (the paper's blocks, identical to ``xlstm.xLSTMBlockStack`` with mLSTM and vanilla-sLSTM blocks,
 which the tests load weights from and compare against):
@@ -24,14 +24,17 @@ for mLSTM and sLSTM alike, and the model computes in recurrent inference exactly
 parallel mode.  (The ``xlstm`` library's own ``step`` starts from m = 0, which changes the normaliser
 max(|q.n|, exp(-m)) slightly; and its sLSTM decides "fresh" for the whole batch at once.)
 
-mLSTM kernels are chosen by name (``XLSTMConfig.mlstm_kernel``): ``"chunkwise"`` (pure PyTorch, default),
-``"recurrent"`` (token loop, a reference), or ``"mlstm_kernels:<name>"`` to use a sequence kernel of the
-``mlstm_kernels`` package (e.g. ``mlstm_kernels:chunkwise--triton_limit_chunk`` on a GPU).
+mLSTM cell kernels live in :mod:`lram.models.mlstm_cells` and are chosen by name
+(``XLSTMConfig.mlstm_kernel``): ``"chunkwise"`` (pure PyTorch, default), ``"recurrent"`` (token loop, a
+reference), or ``"mlstm_kernels:<name>"`` to use a sequence kernel of the ``mlstm_kernels`` package (e.g.
+``mlstm_kernels:chunkwise--triton_limit_chunk`` on a GPU).
+
+Inference.  ``step`` runs PyTorch ops (the in-place cell step) unless :meth:`prepare_for_inference` chose
+lram's fused CPU kernels (``step_kernel``), which then run each mLSTM block as one compiled call.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,16 +44,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from lram.models.backbone import Backbone
-from lram.models.kernels import STEP_KERNELS, cached_step_arguments, fused_step_applies, fused_training_applies
+from lram.models.kernels import STEP_KERNELS, fused_training_applies
 from lram.models.kernels import training as train_ops
 from lram.models.layers import Linear, exporting
+from lram.models.mlstm_cells import (  # the cell kernels live apart from the model; re-exported here
+    M_EMPTY,
+    MLSTM_KERNELS,
+    get_mlstm_kernel,
+    mlstm_chunkwise,
+    mlstm_parallel,
+    mlstm_parallel_fused,
+    mlstm_recurrent,
+    mlstm_step_compilable,
+    mlstm_step_inplace,
+)
 from lram.models.slstm_kernel import slstm_kernel_available, slstm_scan_fused
 from lram.models.state import RecurrentState
-
-M_EMPTY = -1.0e30  # stabiliser value of an empty memory (acts as -inf without inf arithmetic)
-
-
-
 
 
 def round_up(x: float, multiple: int = 64) -> int:
@@ -113,298 +122,6 @@ class XLSTMConfig:
         return ["slstm" if i in self.slstm_at else "mlstm" for i in range(self.num_blocks)]
 
 
-# ============================================================================ mLSTM cell kernels
-# Shapes: q, k, v [B, NH, T, DH]; i, f (gate pre-activations) [B, NH, T];
-# state C [B, NH, DH, DH], n [B, NH, DH], m [B, NH].  Returns h [B, NH, T, DH] and the new (C, n, m).
-MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def mlstm_chunkwise(q, k, v, i, f, state: MLSTMState, chunk_size: int, eps: float = 1e-6):
-    """mLSTM cell, chunkwise-parallel form: exact (same function as the recurrence), memory O(T * chunk)."""
-    B, NH, T, DH = q.shape
-    C0, n0, m0 = state
-    L = min(chunk_size, T)
-    NC = -(-T // L)
-    pad = NC * L - T
-    k = k * (DH**-0.5)
-    lf = F.logsigmoid(f)
-    if pad:  # padded tokens neither write (i = -inf) nor forget (log f = 0): the state passes through
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        i = F.pad(i, (0, pad), value=M_EMPTY)
-        lf = F.pad(lf, (0, pad), value=0.0)
-    q, k, v = (t.reshape(B, NH, NC, L, DH) for t in (q, k, v))
-    i, lf = i.reshape(B, NH, NC, L), lf.reshape(B, NH, NC, L)
-
-    b = lf.cumsum(-1)  # log forget from chunk start to t (inclusive)
-    g = b[..., -1]  # log forget through the whole chunk
-    # summary of each chunk's own contribution to the state at its end
-    a = g.unsqueeze(-1) - b + i  # [B, NH, NC, L]
-    m_loc = a.max(-1).values
-    w = torch.exp(a - m_loc.unsqueeze(-1)).unsqueeze(-1)
-    C_loc = (k * w).transpose(-1, -2) @ v  # [B, NH, NC, DH, DH]
-    n_loc = (k * w).sum(-2)  # [B, NH, NC, DH]
-
-    # inter-chunk recurrence: states at the start of every chunk
-    C_starts, n_starts, m_starts = [], [], []
-    C, n, m = C0, n0, m0
-    for c in range(NC):
-        C_starts.append(C)
-        n_starts.append(n)
-        m_starts.append(m)
-        m_new = torch.maximum(g[..., c] + m, m_loc[..., c])
-        decay = torch.exp(g[..., c] + m - m_new)
-        scale = torch.exp(m_loc[..., c] - m_new)
-        C = decay[..., None, None] * C + scale[..., None, None] * C_loc[:, :, c]
-        n = decay[..., None] * n + scale[..., None] * n_loc[:, :, c]
-        m = m_new
-    C_prev = torch.stack(C_starts, 2)  # [B, NH, NC, DH, DH]
-    n_prev = torch.stack(n_starts, 2)  # [B, NH, NC, DH]
-    m_prev = torch.stack(m_starts, 2)  # [B, NH, NC]
-
-    # outputs: intra-chunk (causal, gated attention-like) + inter-chunk (from the chunk-start state)
-    log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)  # [B, NH, NC, L(t), L(s)]
-    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    log_d = log_d.masked_fill(~causal, float("-inf"))
-    log_inter = b + m_prev.unsqueeze(-1)  # [B, NH, NC, L]
-    m_t = torch.maximum(log_d.max(-1).values, log_inter)
-    d = torch.exp(log_d - m_t.unsqueeze(-1))
-    s = (q @ k.transpose(-1, -2)) * d  # [B, NH, NC, L, L]
-    inter = torch.exp(log_inter - m_t).unsqueeze(-1)
-    q_inter = q * inter
-    num = s @ v + q_inter @ C_prev
-    den = s.sum(-1) + (q_inter * n_prev.unsqueeze(-2)).sum(-1)
-    h = num / (torch.maximum(den.abs(), torch.exp(-m_t)) + eps).unsqueeze(-1)
-    h = h.reshape(B, NH, NC * L, DH)[:, :, :T]
-    return h, (C, n, m)
-
-
-def mlstm_recurrent(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: float = 1e-6):
-    """mLSTM cell, one token at a time (the defining recurrence; a reference and a small-k step kernel)."""
-    DH = q.shape[-1]
-    k = k * (DH**-0.5)
-    lf = F.logsigmoid(f)
-    C, n, m = state
-    hs = []
-    for t in range(q.shape[2]):
-        m_new = torch.maximum(lf[:, :, t] + m, i[:, :, t])
-        decay = torch.exp(lf[:, :, t] + m - m_new)
-        scale = torch.exp(i[:, :, t] - m_new)
-        kt, vt, qt = k[:, :, t], v[:, :, t], q[:, :, t]
-        C = decay[..., None, None] * C + scale[..., None, None] * (kt.unsqueeze(-1) * vt.unsqueeze(-2))
-        n = decay[..., None] * n + scale[..., None] * kt
-        m = m_new
-        num = (qt.unsqueeze(-2) @ C).squeeze(-2)
-        den = (qt * n).sum(-1)
-        hs.append(num / (torch.maximum(den.abs(), torch.exp(-m)) + eps).unsqueeze(-1))
-    return torch.stack(hs, 2), (C, n, m)
-
-
-class _MLSTMParallel(torch.autograd.Function):
-    """The mLSTM cell over a whole window from an empty memory, in its fully parallel (quadratic) form,
-    with a hand-written backward: ~10 passes over the [T, T] gate matrix and 6 batched products in all,
-    instead of autograd's record of the chunkwise form.  The stabiliser m_t = max_s log D[t, s] gets its
-    gradient exactly as autograd would give it (to the arg-max entry), so values and gradients equal the
-    chunkwise form's (tests)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, i, f, eps: float):
-        T, DH = q.shape[-2:]
-        scale = DH**-0.5
-        b = F.logsigmoid(f).cumsum(-1)
-        log_d = (b.unsqueeze(-1) - b.unsqueeze(-2)).add_(i.unsqueeze(-2))  # [B, NH, T(t), T(s)]
-        log_d.masked_fill_(_future_mask(T, q.device), float("-inf"))
-        m, arg = log_d.max(-1)
-        d = log_d.sub_(m.unsqueeze(-1)).exp_()  # stabilised decay (0 above the diagonal)
-        s_raw = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
-        s = s_raw * d
-        r = s.sum(-1)
-        em = torch.exp(-m)
-        den = torch.maximum(r.abs(), em) + eps
-        h = torch.matmul(s, v).div_(den.unsqueeze(-1))
-        ctx.save_for_backward(q, k, v, f, s, d, r, em, den, h, arg)
-        ctx.scale = scale
-        return h
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dh):
-        q, k, v, f, s, d, r, em, den, h, arg = ctx.saved_tensors
-        dnum = dh / den.unsqueeze(-1)
-        dden = -(dh * h).sum(-1) / den
-        by_r = r.abs() >= em  # which side of max(|r|, exp(-m)) the normaliser took
-        dr = torch.where(by_r, dden * torch.sign(r), 0.0)
-        dm = torch.where(by_r, 0.0, -dden * em)
-        ds = torch.matmul(dnum, v.transpose(-1, -2)).add_(dr.unsqueeze(-1))
-        dv = torch.matmul(s.transpose(-1, -2), dnum)
-        ds_raw = ds * d
-        dq = torch.matmul(ds_raw, k).mul_(ctx.scale)
-        dk = torch.matmul(ds_raw.transpose(-1, -2), q).mul_(ctx.scale)
-        dlog = ds.mul_(s)  # d loss / d log D[t, s] through D = exp(log D - m)
-        dm = dm - dlog.sum(-1)
-        dlog.scatter_add_(-1, arg.unsqueeze(-1), dm.unsqueeze(-1))  # m = max_s log D[t, s]
-        di = dlog.sum(-2)
-        dlf = (dlog.sum(-1) - di).flip(-1).cumsum(-1).flip(-1)  # log D[t, s] = b_t - b_s + i_s, b = cumsum
-        return dq, dk, dv, di, dlf * torch.sigmoid(-f), None
-
-
-class _MLSTMParallelFused(torch.autograd.Function):
-    """:class:`_MLSTMParallel` with its gate-matrix passes fused into two CPU kernels
-    (``lram::mlstm_gates_fwd`` / ``mlstm_gates_bwd``: the decay matrix, stabiliser, S = S_raw * D and its
-    row sums in one pass forward; (dS + dr) * D, the gate gradients and the stabiliser's in one pass
-    backward); the products stay batched matrix multiplies."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, i, f, eps: float):
-        B, NH, T, DH = q.shape
-        scale = DH**-0.5
-        qf, kf, vf = (t.reshape(B * NH, T, DH) for t in (q, k, v))
-        b = F.logsigmoid(f).cumsum(-1).reshape(B * NH, T)
-        s = torch.bmm(qf, kf.transpose(1, 2)).mul_(scale)
-        d, m, arg, r = torch.ops.lram.mlstm_gates_fwd(s, b, i.reshape(B * NH, T).contiguous())  # s <- S_raw * D
-        em = torch.exp(-m)
-        den = torch.maximum(r.abs(), em).add_(eps)
-        h = torch.bmm(s, vf).div_(den.unsqueeze(-1))
-        ctx.save_for_backward(qf, kf, vf, f, s, d, r, em, den, h, arg)
-        ctx.scale = scale
-        return h.view(B, NH, T, DH)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dh):
-        qf, kf, vf, f, s, d, r, em, den, h, arg = ctx.saved_tensors
-        B, NH, T = f.shape
-        dh = dh.reshape(B * NH, T, -1)
-        dnum = dh / den.unsqueeze(-1)
-        dden = -(dh * h).sum(-1) / den
-        by_r = r.abs() >= em
-        dr = torch.where(by_r, dden * torch.sign(r), 0.0)
-        dm = torch.where(by_r, 0.0, -dden * em)
-        ds = torch.bmm(dnum, vf.transpose(1, 2))
-        dv = torch.bmm(s.transpose(1, 2), dnum)
-        ds_raw, di, db = torch.ops.lram.mlstm_gates_bwd(ds, s, d, dr, dm, arg)
-        dq = torch.bmm(ds_raw, kf).mul_(ctx.scale)
-        dk = torch.bmm(ds_raw.transpose(1, 2), qf).mul_(ctx.scale)
-        dlf = db.view(B, NH, T).flip(-1).cumsum(-1).flip(-1)
-        shape = (B, NH, T, -1)
-        return dq.view(shape), dk.view(shape), dv.view(shape), di.view(B, NH, T), dlf * torch.sigmoid(-f), None
-
-
-def mlstm_parallel(q, k, v, i, f, state: MLSTMState | None = None, chunk_size: int = 0, eps: float = 1e-6):
-    """mLSTM cell over a window from an **empty** memory (``state`` is ignored), fully parallel; returns no
-    final state.  The training form for windows up to a few hundred tokens (see ``parallel_max_tokens``)."""
-    return _MLSTMParallel.apply(q, k, v, i, f, eps), (None, None, None)
-
-
-def mlstm_parallel_fused(q, k, v, i, f, state: MLSTMState | None = None, chunk_size: int = 0, eps: float = 1e-6):
-    """:func:`mlstm_parallel` on lram's fused CPU gate kernels (float32, CPU)."""
-    return _MLSTMParallelFused.apply(q, k, v, i, f, eps), (None, None, None)
-
-
-@functools.cache
-def _future_mask(L: int, device: torch.device) -> torch.Tensor:
-    """[L, L] True above the diagonal (s > t), cached per size: the step builds it once, not every call."""
-    return torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
-
-
-@torch.no_grad()
-def mlstm_step_inplace(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: float = 1e-6):
-    """Inference step on a few tokens (one chunk) that updates the state tensors in place.
-
-    The same arithmetic as one chunk of :func:`mlstm_chunkwise`, arranged so that the matrix memory C
-    (the largest tensor of the step: heads x DH x DH per block) is read once for the outputs and updated
-    once in place, instead of being copied several times.  No autograd."""
-    B, NH, L, DH = q.shape
-    C, n, m = state
-    k = k * (DH**-0.5)
-    b = F.logsigmoid(f).cumsum(-1)  # [B, NH, L]
-    log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)  # [B, NH, L, L]
-    if L > 1:
-        log_d = log_d.masked_fill(_future_mask(L, q.device), float("-inf"))
-    log_inter = b + m.unsqueeze(-1)
-    m_t = torch.maximum(log_d.amax(-1), log_inter)
-    s = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m_t.unsqueeze(-1))
-    inter = torch.exp(log_inter - m_t).unsqueeze(-1)
-    num = torch.baddbmm((s @ v).reshape(B * NH, L, DH), (q * inter).reshape(B * NH, L, DH), C.view(B * NH, DH, DH))
-    den = s.sum(-1) + ((q * inter) @ n.unsqueeze(-1)).squeeze(-1)
-    h = num.view(B, NH, L, DH) / (torch.maximum(den.abs(), torch.exp(-m_t)) + eps).unsqueeze(-1)
-    # state update: C <- decay * C + sum_s w_s k_s v_s^T  (in place)
-    g = b[..., -1]
-    a = g.unsqueeze(-1) - b + i
-    m_new = torch.maximum(g + m, a.amax(-1))
-    kw = k * torch.exp(a - m_new.unsqueeze(-1)).unsqueeze(-1)  # [B, NH, L, DH]
-    decay = torch.exp(g + m - m_new)
-    C.mul_(decay[..., None, None]).view(B * NH, DH, DH).baddbmm_(kw.transpose(-1, -2).reshape(B * NH, DH, L),
-                                                                 v.reshape(B * NH, L, DH))
-    n.mul_(decay.unsqueeze(-1)).add_(kw.sum(-2))
-    m.copy_(m_new)
-    return h, (C, n, m)
-
-
-def mlstm_step_compilable(q, k, v, i, f, state: MLSTMState, chunk_size: int = 0, eps: float = 1e-6):
-    """The step arithmetic of :func:`mlstm_step_inplace` in functional form (new state tensors), written so
-    that ``torch.compile`` fuses the state update into one pass over C (used by compiled agents)."""
-    B, NH, L, DH = q.shape
-    C, n, m = state
-    k = k * (DH**-0.5)
-    b = F.logsigmoid(f).cumsum(-1)
-    log_d = b.unsqueeze(-1) - b.unsqueeze(-2) + i.unsqueeze(-2)
-    log_d = log_d.masked_fill(~torch.ones(L, L, dtype=torch.bool, device=q.device).tril(), float("-inf"))
-    log_inter = b + m.unsqueeze(-1)
-    m_t = torch.maximum(log_d.amax(-1), log_inter)
-    s = (q @ k.transpose(-1, -2)) * torch.exp(log_d - m_t.unsqueeze(-1))
-    q_inter = q * torch.exp(log_inter - m_t).unsqueeze(-1)
-    num = s @ v + q_inter @ C
-    den = s.sum(-1) + (q_inter * n.unsqueeze(-2)).sum(-1)
-    h = num / (torch.maximum(den.abs(), torch.exp(-m_t)) + eps).unsqueeze(-1)
-    g = b[..., -1]
-    a = g.unsqueeze(-1) - b + i
-    m_new = torch.maximum(g + m, a.amax(-1))
-    kw = k * torch.exp(a - m_new.unsqueeze(-1)).unsqueeze(-1)
-    decay = torch.exp(g + m - m_new)
-    C_new = C * decay[..., None, None] + (kw.unsqueeze(-1) * v.unsqueeze(-2)).sum(-3)
-    n_new = n * decay.unsqueeze(-1) + kw.sum(-2)
-    return h, (C_new, n_new, m_new)
-
-
-def _mlstm_kernels_adapter(name: str) -> Callable:
-    """Wrap a sequence kernel of the ``mlstm_kernels`` package (e.g. Triton kernels on GPU)."""
-    try:
-        from mlstm_kernels.torch import get_mlstm_kernel
-    except ImportError as e:  # pragma: no cover - depends on the extra
-        raise ImportError(
-            f"mlstm_kernel={name!r} needs the 'mlstm_kernels' package: pip install 'lram[gpu]'"
-        ) from e
-    kernel = get_mlstm_kernel(name)
-
-    def run(q, k, v, i, f, state, chunk_size, eps=1e-6):
-        T = q.shape[2]
-        cs = min(chunk_size, T)
-        pad = -T % cs
-        if pad:  # same pass-through padding as mlstm_chunkwise
-            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-            i = F.pad(i, (0, pad), value=M_EMPTY)
-            f = F.pad(f, (0, pad), value=1e4)  # logsigmoid(1e4) = 0: no forgetting
-        # their memory holds unscaled keys (they scale q instead): C_theirs = sqrt(DH) * C_ours
-        root = q.shape[-1] ** 0.5
-        C, n, m = state
-        h, (C, n, m) = kernel(
-            q=q, k=k, v=v, i=i, f=f, c_initial=C * root, n_initial=n * root, m_initial=m,
-            return_last_states=True, chunk_size=cs, eps=eps,
-        )
-        return h[:, :, :T], (C / root, n / root, m.reshape(m.shape[0], m.shape[1]))
-
-    return run
-
-
-MLSTM_KERNELS: dict[str, Callable] = {"chunkwise": mlstm_chunkwise, "recurrent": mlstm_recurrent}
-
-
-def get_mlstm_kernel(name: str) -> Callable:
-    if name.startswith("mlstm_kernels:"):
-        return _mlstm_kernels_adapter(name.split(":", 1)[1])
-    return MLSTM_KERNELS[name]
-
-
 # ============================================================================ building blocks
 class BlockDiagonalLinear(nn.Module):
     """Block-diagonal projection without bias: features split in blocks, each mapped by its own matrix.
@@ -431,6 +148,11 @@ class BlockDiagonalLinear(nn.Module):
         return torch.bmm(xb, self.weight.transpose(1, 2)).transpose(0, 1).reshape(shape)
 
 
+def _as_state(t: torch.Tensor) -> torch.Tensor:
+    """A state tensor as the backbone keeps them: contiguous float32 (a copy only where needed)."""
+    return t.float().contiguous()
+
+
 class CausalConv(nn.Module):
     """Causal depthwise conv over time (optionally followed by SiLU). State = the last (kernel - 1) inputs,
     so chunks continue exactly.  Many tokens on the CPU (training) go to lram's fused conv + SiLU kernel
@@ -449,13 +171,13 @@ class CausalConv(nn.Module):
         if T > 8 and fused_training_applies(self.train_kernel, x, self.conv.weight) and train_ops.available("causal_conv_fwd"):
             y = train_ops.causal_conv(x, self.conv.weight.view(-1, K), self.conv.bias, conv_state, silu)
             new_state = x[:, T - (K - 1) :] if T >= K - 1 else torch.cat([conv_state[:, T:], x], dim=1)
-            return y, new_state
+            return y, _as_state(new_state)
         xs = torch.cat([conv_state, x], dim=1)
         if T <= 8:  # a few tokens (inference): windows times taps, cheaper than a conv call
             y = (xs.unfold(1, K, 1) * self.conv.weight.squeeze(1)).sum(-1) + self.conv.bias
         else:
             y = self.conv(xs.transpose(1, 2)).transpose(1, 2)
-        return (F.silu(y) if silu else y), xs[:, -(K - 1) :]
+        return (F.silu(y) if silu else y), _as_state(xs[:, -(K - 1) :])
 
 
 def multihead_norm(x: torch.Tensor, num_heads: int, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -527,7 +249,7 @@ class MLSTMLayer(nn.Module):
         ig, fg = gates.transpose(1, 2).chunk(2, dim=1)  # [B, NH, T]
         h, (C, n, m) = kernel(q, k, v, ig, fg, (st["C"], st["n"], st["m"]), chunk_size, self.cfg.eps)
         y = train_ops.mlstm_post(h, x_c, up, self.out_norm_weight, self.skip, self.cfg.norm_eps)
-        conv_state = up[:, T - (K - 1) :, : self.inner] if T >= K - 1 else None  # T > 16 here
+        conv_state = _as_state(up[:, T - (K - 1) :, : self.inner])  # T > 16 here
         return self.down_proj(y), {"C": C, "n": n, "m": m, "conv": conv_state}
 
     def _folded_gate_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -676,6 +398,7 @@ class XLSTMBackbone(Backbone):
     """A stack of mLSTM/sLSTM blocks with a final LayerNorm; parallel ``forward`` and recurrent ``step``."""
 
     kind = "xlstm"
+    fused_step_ops = ("mlstm_block_step", "linear_rows")
 
     def __init__(self, config: XLSTMConfig):
         super().__init__()
@@ -734,15 +457,12 @@ class XLSTMBackbone(Backbone):
 
     def _step(self, x, state):
         # the k new tokens form one chunk: one read of every weight matrix for the whole call; without
-        # autograd the pure-PyTorch kernels update the matrix memory in place
+        # autograd the PyTorch cell step updates the matrix memory in place (functional when compiled)
         kernel = self.mlstm_kernel
         if kernel in (mlstm_chunkwise, mlstm_recurrent) and not torch.is_grad_enabled():
-            if torch.compiler.is_compiling():
-                kernel = mlstm_step_compilable
-            elif fused_step_applies(self.config.step_kernel, x, state, self.post_norm.weight):
+            if self._fused_step_applies(x):
                 return self._fused_step(x, state)
-            else:
-                kernel = mlstm_step_inplace
+            kernel = mlstm_step_compilable if torch.compiler.is_compiling() else mlstm_step_inplace
         return self._run(x, state, x.shape[1], kernel, True)
 
     def _fused_step(self, x: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
@@ -751,7 +471,7 @@ class XLSTMBackbone(Backbone):
         place); sLSTM blocks run their PyTorch ops."""
         tensors = dict(state.tensors)
         cfg = self.config
-        for block, keys, args in zip(self.blocks, self._state_keys, self._fused_arguments()):
+        for block, keys, args in zip(self.blocks, self._state_keys, self._fused_args):
             if args is None:
                 x, st = block(x, {short: tensors[full] for full, short in keys}, 0, mlstm_step_inplace)
                 tensors.update({full: st[short] for full, short in keys})
@@ -760,21 +480,22 @@ class XLSTMBackbone(Backbone):
                 x = torch.ops.lram.mlstm_block_step(x, *args, C, n, m, conv, cfg.norm_eps, cfg.eps)
         return self.post_norm(x), RecurrentState(tensors, self.state_signature())
 
-    def _fused_arguments(self) -> list[tuple[torch.Tensor, ...] | None]:
-        """Per block, the weights the fused step reads (None for sLSTM blocks), looked up once."""
+    def _fused_step_unsupported(self) -> str | None:
+        if self.mlstm_kernel not in (mlstm_chunkwise, mlstm_recurrent):
+            return f"mlstm_kernel={self.config.mlstm_kernel!r} steps with its own kernel"
+        return None
 
-        def build():
-            args = []
-            for block in self.blocks:
-                L = block.layer
-                args.append(None if block.block_type != "mlstm" else (
-                    block.norm.weight, L.up_proj.weight, L.conv.conv.weight, L.conv.conv.bias, L.q_proj.weight,
-                    L.k_proj.weight, L.v_proj.weight, L.gates.weight, L.gates.bias, L.out_norm_weight, L.skip,
-                    L.down_proj.weight,
-                ))
-            return args
-
-        return cached_step_arguments(self, build)
+    def _fused_step_arguments(self) -> list[tuple[torch.Tensor, ...] | None]:
+        """Per block, the weights the fused step reads (None for sLSTM blocks)."""
+        args = []
+        for block in self.blocks:
+            L = block.layer
+            args.append(None if block.block_type != "mlstm" else (
+                block.norm.weight, L.up_proj.weight, L.conv.conv.weight, L.conv.conv.bias, L.q_proj.weight,
+                L.k_proj.weight, L.v_proj.weight, L.gates.weight, L.gates.bias, L.out_norm_weight, L.skip,
+                L.down_proj.weight,
+            ))
+        return args
 
     def _init_state(self, batch_size, device):
         out = {}

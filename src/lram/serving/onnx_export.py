@@ -1,6 +1,7 @@
 """Export a policy's recurrent environment step to ONNX (``lram export``), for runtimes without PyTorch.
 
-The exported graph is one call of :meth:`RecurrentAgent.act` without the Python around it::
+The exported graph is one :meth:`LRAMPolicy.step` plus greedy decoding (what :meth:`RecurrentAgent.act`
+runs), without the Python around it::
 
     inputs : obs [B, *obs]            float32 vectors (zero-padded to the model's state_dim inside) or uint8 images
              prev_reward [B]          the reward of the previous step (0 at an episode start), raw
@@ -29,6 +30,7 @@ from torch import nn
 from lram.data.normalization import standardize
 from lram.models.layers import export_mode
 from lram.models.state import RecurrentState
+from lram.utils.checks import validation
 from lram.utils.io import atomic_path, write_json_atomic
 
 ONNX_INSTALL = "pip install 'lram[onnx]'  (onnx, onnxscript, onnxruntime)"
@@ -61,14 +63,13 @@ class ExportedStep(nn.Module):
         p = self.policy
         if self.normalise:
             obs = standardize(obs, self.state_mean, self.state_std)
-        tokens = p.embed_groups(obs, rtg, prev_reward, None, reward_scale, batch_dims=1)
-        y, st = p.backbone._step(tokens, RecurrentState(dict(zip(self.names, state)), self.signature))
-        logits = p.action_head(y[:, -1]).reshape(obs.shape[0], p.config.max_act_dim, -1)
+        state = RecurrentState(dict(zip(self.names, state)), self.signature)  # the graph's inputs: plain tensors
+        logits, state = p.step(obs, prev_reward, rtg, reward_scale, state)
         if self.discrete:
             action = p.decode(logits, True, num_actions=limit)
         else:
             action = p.decode(logits, False, action_dims=limit)
-        return (action, logits, *[st.tensors[n] for n in self.names])
+        return (action, logits, *[state[n] for n in self.names])
 
 
 def state_layout(policy) -> dict:
@@ -83,7 +84,7 @@ def state_layout(policy) -> dict:
 
 
 def export_onnx(policy, path: str | Path, *, discrete: bool, example_batch: int = 2, opset: int | None = None,
-                state_mean=None, state_std=None) -> Path:
+                state_mean=None, state_std=None, domain=None) -> Path:
     """Write the step of ``policy`` to ``path`` (ONNX, dynamic batch) and its sidecar ``path.json``; with the
     domain's ``state_mean`` / ``state_std`` the graph standardises raw observations as training did."""
     try:
@@ -92,7 +93,7 @@ def export_onnx(policy, path: str | Path, *, discrete: bool, example_batch: int 
     except ImportError as e:
         raise ImportError(f"ONNX export needs onnx and onnxscript: {ONNX_INSTALL}") from e
     policy = policy.eval()
-    step = ExportedStep(policy, discrete, state_mean, state_std)
+    step = ExportedStep(policy, discrete, state_mean, state_std).eval()
     cfg = policy.config
     B = example_batch
     if cfg.use_images:
@@ -106,7 +107,7 @@ def export_onnx(policy, path: str | Path, *, discrete: bool, example_batch: int 
     dynamic = (*({0: batch} for _ in range(5)), tuple({0: batch} for _ in state))  # the signature's structure
     names = ["obs", "prev_reward", "rtg", "reward_scale", "limit", *step.names]
     path = Path(path)
-    with torch.no_grad(), export_mode(), atomic_path(path) as tmp:
+    with torch.no_grad(), export_mode(), validation("off"), atomic_path(path) as tmp:
         program = torch.onnx.export(step, inputs, dynamo=True, input_names=names,
                                     output_names=["action", "logits", *[n + ".out" for n in step.names]],
                                     dynamic_shapes=dynamic, opset_version=opset, verbose=False)
@@ -115,6 +116,7 @@ def export_onnx(policy, path: str | Path, *, discrete: bool, example_batch: int 
         "format": "lram-onnx-step", "version": 1, "discrete": discrete, "inputs": names,
         "state": state_layout(policy), "obs": {"shape": list(obs.shape[1:]), "dtype": str(obs.dtype).replace("torch.", "")},
         "config": cfg.to_dict(), "state_normalised_inside": step.normalise,
+        "domain": None if domain is None else domain.to_dict(),  # per task: the `limit` to feed, best return
     })
     return path
 
@@ -138,7 +140,7 @@ def main(argv=None) -> int:
     """``lram export RUN --out step.onnx``: the checkpoint's step as ONNX (+ sidecar JSON)."""
     import argparse
 
-    from lram.training.checkpoint import load_policy
+    from lram.models.persistence import load_pretrained
 
     p = argparse.ArgumentParser(prog="lram export", description="Export a checkpoint's recurrent step to ONNX.")
     p.add_argument("run", type=Path, help="a run folder (its latest checkpoint) or a checkpoint folder")
@@ -146,17 +148,18 @@ def main(argv=None) -> int:
     p.add_argument("--domain", default=None, help="the domain to act in (its action kind); needed if the model has several")
     a = p.parse_args(argv)
     try:
-        policy, meta = load_policy(a.run)
-        domains = {d["name"]: d for d in meta["domains"]}
+        policy = load_pretrained(a.run)
+        domains = policy.domains
         if a.domain is None and len(domains) != 1:
             raise ValueError(f"--domain: the checkpoint has domains {sorted(domains)}; say which one to act in")
         name = a.domain or next(iter(domains))
         if name not in domains:
             raise ValueError(f"--domain: {name!r} is not in the checkpoint (it has {', '.join(sorted(domains))})")
-        entry = domains[name]
-        path = export_onnx(policy, a.out, discrete=bool(entry["discrete"]), state_mean=entry.get("state_mean"),
-                           state_std=entry.get("state_std"))
+        spec = domains[name]
+        path = export_onnx(policy, a.out, discrete=spec.discrete, state_mean=spec.state_mean, state_std=spec.state_std,
+                           domain=spec)
     except (ValueError, FileNotFoundError, ImportError) as e:
         p.exit(2, f"lram export: error: {e}\n")
-    print(f"wrote {path} and {path.name}.json (domain {name}; reward_scale {domains[name]['reward_scale']})")
+    print(f"wrote {path} and {path.name}.json (domain {name}; reward_scale {domains[name].reward_scale}; action limits "
+          "per row: each task's action_dim / num_actions, listed in the sidecar's 'domain')")
     return 0

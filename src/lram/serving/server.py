@@ -42,12 +42,13 @@ def make_servicer(manager):
     class Servicer(pb_grpc.PolicyServiceServicer):
         @guarded
         def OpenSession(self, request, context):  # noqa: N802 - gRPC method names
-            sid, s = manager.open(request.domain, num_actions=request.num_actions, action_dim=request.action_dim,
-                                  target_return=request.target_return,
+            sid, s = manager.open(request.domain, task=request.task, num_actions=request.num_actions,
+                                  action_dim=request.action_dim, target_return=request.target_return,
                                   in_context=request.in_context if request.in_context else None)
-            shape = list(manager.domains[request.domain].get("obs_shape") or [manager.policy.config.state_dim])
-            return pb.OpenSessionResponse(session_id=sid, discrete=s.spec.discrete, action_dim=int(s.spec.action_dim or 1),
-                                          target_return=s.target_return, observation_shape=shape)
+            shape = list(s.task.obs_shape or [manager.policy.config.state_dim])
+            return pb.OpenSessionResponse(session_id=sid, discrete=s.domain.discrete, action_dim=int(s.task.action_dim),
+                                          num_actions=int(s.task.num_actions or 0), target_return=s.target_return,
+                                          observation_shape=shape)
 
         @guarded
         def Act(self, request, context):  # noqa: N802
@@ -78,11 +79,11 @@ def start_server(run: str | Path, address: str = "127.0.0.1:50051", *, max_sessi
     and every extra thread that runs steps brings its own OpenMP team, whose idle spinning slows the others
     (on 2 cores, one measurement: 5.2 ms per Act round trip with 1 worker, 7.1 ms with 4)."""
     grpc, _, pb_grpc = _grpc()
+    from lram.models.persistence import load_pretrained
     from lram.serving.sessions import SessionManager
-    from lram.training.checkpoint import load_policy
 
-    policy, meta = load_policy(run)
-    manager = SessionManager(policy, meta["domains"], max_sessions=max_sessions, ttl_s=ttl_s, checkpoint=meta["path"])
+    policy = load_pretrained(run)
+    manager = SessionManager(policy, max_sessions=max_sessions, ttl_s=ttl_s, checkpoint=policy.checkpoint["path"])
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     pb_grpc.add_PolicyServiceServicer_to_server(make_servicer(manager), server)
     port = server.add_insecure_port(address)

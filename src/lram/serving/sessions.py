@@ -1,8 +1,8 @@
 """Sessions of a served policy: each session is one environment with its own recurrent state.
 
-A session is a batch-1 :class:`RecurrentAgent` (its state stepped in place by lram's CPU kernels), plus the
-return-to-go bookkeeping of :func:`lram.evaluation.rollout.evaluate_task`: an episode starts from the
-target return, every reward is subtracted, and enters the next step as r_{t-1}.  Why not batch sessions
+A session is a batch-1 :class:`RecurrentAgent` (its state stepped in place by lram's CPU kernels) driven by
+the same :class:`lram.evaluation.driver.EpisodeDriver` as evaluation: an episode starts from the target
+return, every reward is subtracted, and enters the next step as r_{t-1}.  Why not batch sessions
 together: on a CPU an xLSTM 16M session's state (8.4 MB) is a sizeable fraction of the weights (67 MB),
 so gathering and scattering state rows for a batch costs about what batching saves; steps are therefore
 run one at a time under one lock (each uses all cores) -- the right shape for a CPU server, where a GPU
@@ -11,6 +11,7 @@ server would batch.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lram.evaluation.rollout import ActingSpec
+from lram.evaluation.driver import EpisodeDriver
+from lram.models.domain import DomainSpec, TaskSpec, domain_specs
+from lram.models.policy import RecurrentAgent
 
 
 class SessionError(ValueError):
@@ -32,21 +35,23 @@ class SessionError(ValueError):
 
 @dataclass
 class Session:
-    agent: object
-    spec: ActingSpec
-    target_return: float
-    return_to_go: float
-    step: int = 0
+    driver: EpisodeDriver
+    domain: DomainSpec
+    task: TaskSpec
     last_used: float = 0.0
+
+    @property
+    def target_return(self) -> float:
+        return float(self.driver.target[0])
 
 
 class SessionManager:
     """Open, step and close sessions of one policy (thread-safe; idle sessions expire after ``ttl_s``)."""
 
-    def __init__(self, policy, domains: list[dict], *, max_sessions: int = 256, ttl_s: float = 3600.0,
+    def __init__(self, policy, domains=None, *, max_sessions: int = 256, ttl_s: float = 3600.0,
                  checkpoint: str = ""):
         self.policy = policy.eval()
-        self.domains = {d["name"]: d for d in domains}
+        self.domains = domain_specs(getattr(policy, "domains", {}).values() if domains is None else domains)
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
         self.checkpoint = checkpoint
@@ -54,26 +59,49 @@ class SessionManager:
         self._lock = threading.Lock()  # one step at a time: each step uses every core
 
     # ------------------------------------------------------------------ lifecycle
-    def open(self, domain: str, *, num_actions: int = 0, action_dim: int = 0, target_return: float = 0.0,
-             in_context: bool | None = None) -> tuple[str, Session]:
+    def session_task(self, domain: DomainSpec, task: str = "", num_actions: int = 0, action_dim: int = 0) -> TaskSpec:
+        """The task a session acts in: a named task of the domain, or the domain's one action layout, with the
+        request's action layout overrides (checked against the model's limits)."""
+        cfg = self.policy.config
+        if task:
+            if task not in domain.tasks:
+                raise SessionError(f"task: {task!r} is not a task of domain {domain.name!r} "
+                                   f"(it has {', '.join(domain.tasks)})")
+            spec = domain.tasks[task]
+        else:
+            layouts = {(t.action_dim, t.num_actions) for t in domain.tasks.values()}
+            if len(layouts) > 1 and not (num_actions if domain.discrete else action_dim):
+                kind = "num_actions" if domain.discrete else "action_dim"
+                raise SessionError(f"task: domain {domain.name!r} mixes action layouts over its tasks; name the task "
+                                   f"or give {kind}")
+            spec = next(iter(domain.tasks.values()), TaskSpec(domain.name, 1, domain.num_actions))
+            spec = dataclasses.replace(spec, best_return=domain.default_target(""))
+        if domain.discrete and num_actions:
+            if not 1 <= num_actions <= cfg.num_discrete:
+                raise SessionError(f"num_actions: expected 1..{cfg.num_discrete}, got {num_actions}")
+            spec = dataclasses.replace(spec, num_actions=num_actions)
+        if not domain.discrete and action_dim:
+            if not 1 <= action_dim <= cfg.max_act_dim:
+                raise SessionError(f"action_dim: expected 1..{cfg.max_act_dim}, got {action_dim}")
+            spec = dataclasses.replace(spec, action_dim=action_dim)
+        return spec
+
+    def open(self, domain: str, *, task: str = "", num_actions: int = 0, action_dim: int = 0,
+             target_return: float = 0.0, in_context: bool | None = None) -> tuple[str, Session]:
         if domain not in self.domains:
             raise SessionError(f"domain: {domain!r} is not served (the checkpoint has {', '.join(sorted(self.domains))})")
-        entry = self.domains[domain]
-        spec = ActingSpec.from_registry(entry)
-        if num_actions:
-            spec.num_actions = num_actions
-        if action_dim:
-            spec.action_dim = action_dim
-        if in_context is not None:
-            spec.in_context = in_context
-        target = float(target_return) if target_return else max(entry.get("max_returns", {}).values(), default=0.0)
+        spec = self.domains[domain]
+        task_spec = self.session_task(spec, task, num_actions, action_dim)
+        target = float(target_return) if target_return else task_spec.best_return
         with self._lock:
             self._expire()
             if len(self.sessions) >= self.max_sessions:
                 raise SessionError(f"too many sessions: {len(self.sessions)} open (max_sessions={self.max_sessions})")
-            agent = spec.agent(self.policy, 1)
+            agent = RecurrentAgent.for_task(self.policy, spec, task_spec, 1)
+            driver = EpisodeDriver(agent, target, in_context=spec.in_context if in_context is None else in_context,
+                                   return_condition=spec.return_condition)
             sid = uuid.uuid4().hex
-            self.sessions[sid] = Session(agent, spec, target, target, last_used=time.monotonic())
+            self.sessions[sid] = Session(driver, spec, task_spec, last_used=time.monotonic())
         return sid, self.sessions[sid]
 
     def close(self, session_id: str) -> None:
@@ -108,20 +136,17 @@ class SessionManager:
             s = self.sessions.get(session_id)
             if s is None:
                 raise SessionError(f"session_id: no open session {session_id!r} (closed or expired)", not_found=True)
+            driver = s.driver
             if episode_start:
-                if s.step > 0:
-                    s.agent.reset(keep_context=s.spec.in_context)
-                s.return_to_go, s.step, reward = s.target_return, 0, 0.0
+                driver.start()
             else:
-                s.return_to_go -= float(reward)
+                driver.record([reward])
             if return_to_go is not None:
-                s.return_to_go = float(return_to_go)
+                driver.set_return_to_go(0, return_to_go)
             with torch.inference_mode():
-                action = s.agent.act(obs, torch.tensor([reward], dtype=torch.float32),
-                                     torch.tensor([s.return_to_go if s.spec.return_condition else 0.0], dtype=torch.float32))
-            s.step += 1
+                action = driver.act(obs)
             s.last_used = time.monotonic()
             a = action[0].numpy()
-            if not s.spec.discrete:
-                a = a[: s.spec.action_dim]
-            return a, s.return_to_go, s.step
+            if not s.domain.discrete:
+                a = a[: s.task.action_dim]
+            return a, float(driver.return_to_go[0]), int(driver.steps[0])

@@ -8,12 +8,13 @@ A key that does not exist is an error that lists the valid keys of its section.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
+
+from lram.models.policy import LRAMConfig
 
 
 @dataclass
@@ -29,17 +30,35 @@ class DomainConfig:
     tasks: list[str] | None = None  # restrict to these task folders
 
 
-@dataclass
-class ModelConfig:
-    size: str = "tiny"  # tiny small 16M 48M 110M 206M
-    backbone: str = "xlstm[1:0]"  # xlstm[1:0] xlstm[7:1] mamba transformer
-    use_images: bool = True
-    rtg_condition: bool = True
-    reward_condition: bool = True
-    action_condition: bool = False
-    continuous_decode: str = "argmax"  # "argmax" (the paper) or "mean" (see lram.models.LRAMConfig)
-    label_sigma_bins: float = 0.0  # 0: one-hot continuous targets (the paper); > 0: Gaussian over bins
-    backbone_options: dict = field(default_factory=dict)
+PRESET_FIELDS = ("backbone", "d_model", "num_blocks")  # LRAMConfig fields set by the size preset and variant
+
+
+def _model_config_fields() -> list[tuple]:
+    """ModelConfig's fields: the preset's ``size`` and ``backbone`` variant, then every other LRAMConfig field
+    with LRAMConfig's own type and default (one model config: nothing is repeated by hand)."""
+    hints = get_type_hints(LRAMConfig)
+    out = [("size", str, "tiny"),  # tiny small 16M 48M 110M 206M
+           ("backbone", str, "xlstm[1:0]")]  # xlstm[1:0] xlstm[7:1] mamba transformer
+    for f in dataclasses.fields(LRAMConfig):
+        if f.name in PRESET_FIELDS:
+            continue
+        default = field(default=f.default) if f.default is not dataclasses.MISSING else field(
+            default_factory=f.default_factory)
+        out.append((f.name, hints[f.name], default))
+    return out
+
+
+def _build_model_config(self, **changes) -> LRAMConfig:
+    """The :class:`LRAMConfig` of this section (``changes``: fields to replace, e.g. use_images)."""
+    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    values.update(changes)
+    return LRAMConfig.from_preset(values.pop("size"), values.pop("backbone"), **values)
+
+
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig", _model_config_fields(), namespace={"build": _build_model_config, "__module__": __name__})
+ModelConfig.__doc__ = ("The model section: a size preset and backbone variant (lram.models.presets) plus any "
+                       "field of lram.models.LRAMConfig (e.g. use_images, continuous_decode, backbone_options).")
 
 
 @dataclass
@@ -245,6 +264,3 @@ def _deep_merge(base: dict, new: dict) -> dict:
 def config_from_dict(d: dict) -> Config:
     return _build(Config, d, "")
 
-
-def dump_config(cfg: Config) -> str:
-    return json.dumps(cfg.to_dict(), indent=2)

@@ -26,8 +26,9 @@ from torch import nn
 
 from lram.data.domains import domain_setting
 from lram.data.sampler import DomainData, SamplerConfig, SamplerDataset, WindowSampler
-from lram.models.policy import LRAMConfig, LRAMPolicy, TrajectoryBatch
-from lram.training.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from lram.models.domain import DomainSpec
+from lram.models.policy import LRAMPolicy, TrajectoryBatch
+from lram.training.checkpoint import resumable_checkpoint, save_checkpoint
 from lram.training.config import Config, config_from_dict
 from lram.utils.checks import validation
 from lram.utils.io import write_json_atomic
@@ -92,19 +93,9 @@ def open_domains(cfg: Config) -> list[DomainData]:
     return domains
 
 
-def domain_registry(domains: list[DomainData]) -> list[dict]:
-    """What a checkpoint records about each domain (everything needed to act)."""
-    out = []
-    for d in domains:
-        t = d.tasks[0]
-        out.append({"name": d.name, "reward_scale": d.reward_scale, "discrete": d.discrete,
-                    "num_actions": d.num_actions, "in_context": d.in_context, "return_condition": d.return_condition,
-                    "obs_shape": list(t.obs_shape),
-                    "action_dim": int(getattr(t, "action_dim", 1)), "tasks": [x.task for x in d.tasks],
-                    "max_returns": {x.task: float(np.max(x.returns)) for x in d.tasks}})
-        if d.state_mean is not None:
-            out[-1].update(state_mean=[float(v) for v in d.state_mean], state_std=[float(v) for v in d.state_std])
-    return out
+def domain_specs(domains: list[DomainData]) -> list[DomainSpec]:
+    """What a checkpoint records about each domain (everything needed to act), built once from the data."""
+    return [DomainSpec.from_data(d) for d in domains]
 
 
 class MetricsLog:
@@ -191,6 +182,7 @@ class Trainer:
         self.run_dir = Path(cfg.logging.run_dir)
         # --- data
         self.domains = open_domains(cfg)
+        self.specs = domain_specs(self.domains)  # what checkpoints record and rollouts act by
         scfg = SamplerConfig(context=cfg.data.context, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                              domain_order=cfg.data.domain_order, domain_weights=cfg.data.domain_weights,
                              within=cfg.data.within, valid_fraction=cfg.data.valid_fraction)
@@ -206,15 +198,12 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         mcfg = cfg.model
         any_images = any(len(d.tasks[0].obs_shape) == 3 for d in self.domains)
-        self.model = LRAMPolicy(LRAMConfig.from_preset(
-            mcfg.size, mcfg.backbone, use_images=mcfg.use_images and any_images, rtg_condition=mcfg.rtg_condition,
-            reward_condition=mcfg.reward_condition, action_condition=mcfg.action_condition,
-            continuous_decode=mcfg.continuous_decode, label_sigma_bins=mcfg.label_sigma_bins,
-            backbone_options=dict(mcfg.backbone_options))).to(self.device)
+        self.model = LRAMPolicy(mcfg.build(use_images=mcfg.use_images and any_images)).to(self.device)
         self.step = 0
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
-        if resume and ckpt is None and self.is_main:
-            print(f"resume: no checkpoint in {self.run_dir}, starting from scratch")
+        found = resumable_checkpoint(self.run_dir) if resume else None
+        if resume and found is None and self.is_main:
+            print(f"resume: no intact checkpoint in {self.run_dir}, starting from scratch")
+        ckpt, trainer_state = found if found is not None else (None, None)
         if ckpt is not None:  # weights go in before sharding, as plain tensors
             from safetensors.torch import load_file
 
@@ -231,7 +220,7 @@ class Trainer:
         self.optimizer = make_optimizer(param_groups(self.model, cfg.optim.weight_decay), cfg.optim.lr, self.device,
                                         betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, sharded=self.fsdp)
         if ckpt is not None:
-            self._restore(ckpt)
+            self._restore(ckpt, trainer_state)
         self.ddp_model = self.model
         if self.distributed and not self.fsdp:
             kinds = {len(d.tasks[0].obs_shape) for d in self.domains}  # image and vector domains: encoders idle
@@ -242,11 +231,10 @@ class Trainer:
         self.log = MetricsLog(self.run_dir, cfg, self.is_main)
 
     # ------------------------------------------------------------------ resume
-    def _restore(self, ckpt: Path) -> None:
+    def _restore(self, ckpt: Path, state: dict) -> None:
         """Optimizer state, counters and RNG states of a checkpoint (the weights are already loaded)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        state = load_trainer_state(ckpt)
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
                                  options=StateDictOptions(full_state_dict=True))
         self.step = int(state["step"])
@@ -273,7 +261,7 @@ class Trainer:
         state = {"optimizer": optim, "step": self.step, "config": self.cfg.to_dict(),
                  "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                  "numpy_rng": np.random.get_state(), "world_size": self.world}
-        return save_checkpoint(self.run_dir, self.step, self.model, state, domain_registry(self.domains),
+        return save_checkpoint(self.run_dir, self.step, self.model, state, self.specs,
                                self.cfg.train.keep_last, weights=weights)
 
     # ------------------------------------------------------------------ data
@@ -397,17 +385,17 @@ class Trainer:
         from lram.evaluation import ENV_BUILDERS
         from lram.evaluation.evaluate import evaluate_one
 
-        jobs = [(entry, task) for entry in domain_registry(self.domains)
-                if entry["name"] in ENV_BUILDERS and (not t.rollout_domains or entry["name"] in t.rollout_domains)
-                for task in entry["tasks"]]
+        jobs = [(spec, task) for spec in self.specs
+                if spec.name in ENV_BUILDERS and (not t.rollout_domains or spec.name in t.rollout_domains)
+                for task in spec.tasks]
         local: dict[str, dict] = {}
         self.model.eval()
-        for entry, task in jobs[self.rank :: self.world]:
+        for spec, task in jobs[self.rank :: self.world]:
             # as `lram eval` does it (in-context domains: consecutive episodes on one recurrent state)
-            row = evaluate_one(self.model, entry, task, entry["max_returns"][task], episodes=t.rollout_episodes,
+            row = evaluate_one(self.model, spec, task, episodes=t.rollout_episodes,
                                num_envs=t.rollout_envs, seed=t.seed, max_steps=t.rollout_max_steps or None,
                                random_baseline=False)
-            local.setdefault(entry["name"], {})[task] = {k: row[k] for k in ("return_mean", "success_rate")}
+            local.setdefault(spec.name, {})[task] = {k: row[k] for k in ("return_mean", "success_rate")}
         self.model.train()
         if self.distributed:
             gathered: list = [None] * self.world

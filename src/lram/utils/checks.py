@@ -29,10 +29,6 @@ def set_validation(level: ValidationLevel) -> None:
     _level = level
 
 
-def get_validation() -> str:
-    return _level
-
-
 @contextmanager
 def validation(level: ValidationLevel):
     """Context manager that temporarily sets the validation level."""

@@ -38,11 +38,8 @@ by the writer, so a killed run never leaves a half-written episode.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
-import multiprocessing as mp
 import queue as queue_mod
 import re
 import time
@@ -54,7 +51,19 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from lram.data.episode import DataError, Episode
+from lram.data.episode import Episode
+from lram.data.generators._common import (
+    SETTINGS_FILE,
+    add_recording_args,
+    check_format,
+    check_int,
+    check_settings,
+    existing_episodes,
+    make_parser,
+    mp_context,
+    recording_kwargs,
+    run_main,
+)
 from lram.envs.darkroom import (
     NUM_ACTIONS,
     VARIANTS,
@@ -69,7 +78,6 @@ from lram.envs.darkroom import (
 from lram.utils.io import write_json_atomic
 
 GENERATOR = "darkroom-learning-history"
-SETTINGS_FILE = "generator.json"
 ALGOS = ("ucb_q", "q", "sweep")
 _EPISODE_FILE = re.compile(r"^(\d+)\.(hdf5|h5|npz)$")
 _SETTING_KEYS = ("generator", "goal", "size", "max_steps", "variant", "start", "episodes", "seed", "learner", "format")
@@ -212,10 +220,10 @@ class SweepExperts:
     Searching stays put for the first step (is the start the goal?), then is a boustrophedon sweep that is a
     function of the position only (row y even: right, row y odd: left, down at the row's end), so every cell
     has one search action and the sweep reaches every cell within an episode; the first reward ends the search
-    (the agent stays on the goal from then on, as the dense variant rewards).  Once the goal is known (from the first episode that found it) each episode takes a
-    shortest path, choosing at random (own generator per goal) which axis to move along when both are open,
-    with a uniformly random action at probability ``noise`` per step, and stays on the goal.  Same
-    interface as :class:`QLearners`."""
+    (the agent stays on the goal from then on, as the dense variant rewards).  Once the goal is known (from the
+    first episode that found it) each episode takes a shortest path, choosing at random (own generator per
+    goal) which axis to move along when both are open, with a uniformly random action at probability
+    ``noise`` per step, and stays on the goal.  Same interface as :class:`QLearners`."""
 
     def __init__(self, goals: Sequence[Sequence[int]], episodes: int, config: LearnerConfig = LearnerConfig("sweep"),
                  seed: int = 0, size: int = 10, max_steps: int = 100, variant: str = "dense", start: Sequence[int] = (0, 0)):
@@ -305,41 +313,11 @@ def history_stats(returns: np.ndarray, lengths: np.ndarray, goal: Sequence[int],
 # ----------------------------------------------------------------------------------------------- files
 
 
-def existing_episodes(task_dir: Path) -> set[int]:
-    """Indices k of the episode files ``<k>.hdf5|.h5|.npz`` in ``task_dir`` (hidden temp files are skipped)."""
-    if not task_dir.is_dir():
-        return set()
-    return {int(m.group(1)) for p in task_dir.iterdir() if (m := _EPISODE_FILE.match(p.name)) and p.is_file()}
-
-
-def _read_settings(path: Path) -> dict:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(path, None, f"unreadable generator settings ({e}); delete the task folder to generate it anew") from None
-    if not isinstance(obj, dict):
-        raise DataError(path, None, f"expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
 def _prepare_task(task_dir: Path, settings: dict) -> dict | None:
     """Check / create the folder's settings file; returns the stored settings if the goal is complete."""
-    path = task_dir / SETTINGS_FILE
-    if path.exists():
-        old = _read_settings(path)
-        for key in _SETTING_KEYS:
-            if old.get(key) != settings[key]:
-                raise DataError(
-                    path, key,
-                    f"this folder was generated with {key}={old.get(key)!r}, this run asks for {settings[key]!r}; "
-                    "resume with the same settings or write to another output folder",
-                )  # fmt: skip
-        return old if old.get("complete") else None
-    if existing_episodes(task_dir):
-        raise DataError(task_dir, None, f"holds episode files but no {SETTINGS_FILE}: not a folder this generator can resume")
-    task_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {**settings, "complete": False})
-    return None
+    old = check_settings(task_dir, settings, _SETTING_KEYS, initial={**settings, "complete": False},
+                         remedy="delete the task folder to generate it anew", pattern=_EPISODE_FILE)
+    return old if old is not None and old.get("complete") else None
 
 
 def _default_writer(task_dir: Path, fmt: str, compress: bool):
@@ -380,7 +358,7 @@ def _run_job(job: _Job, report: Callable[[int], None]) -> dict[str, dict]:
         writers = [stack.enter_context(job.writer(d)) for d in dirs]
         # the episodes already stored: asked from the writer (it indexes what an interrupted run left), else the files
         have = [{k for k in range(job.episodes) if str(k) in w} if hasattr(type(w), "__contains__")
-                else existing_episodes(d) & set(range(job.episodes)) for w, d in zip(writers, dirs)]
+                else existing_episodes(d, _EPISODE_FILE) & set(range(job.episodes)) for w, d in zip(writers, dirs)]
         for batch in learners.run():
             k = batch.k
             returns[:, k] = batch.rewards.sum(axis=1, dtype=np.float64)
@@ -429,12 +407,6 @@ def _resolve_goals(goals, size: int) -> list[tuple[int, int]]:
     return out
 
 
-def _check_int(name: str, v, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
-    return int(v)
-
-
 def generate_learning_histories(
     out_dir: str | Path,
     goals: str | Sequence[Sequence[int]],
@@ -462,11 +434,10 @@ def generate_learning_histories(
     Returns per task: goal, episodes, existing, written, skipped, and :func:`history_stats`.
     """
     check_config(size, max_steps, variant)
-    episodes = _check_int("episodes_per_goal", episodes_per_goal, 1)
-    seed = _check_int("seed", seed, 0)
-    workers = _check_int("workers", workers, 0)
-    if fmt not in ("npz", "hdf5"):
-        raise ValueError(f"fmt: expected 'npz' or 'hdf5', got {fmt!r}")
+    episodes = check_int("episodes_per_goal", episodes_per_goal, 1)
+    seed = check_int("seed", seed, 0)
+    workers = check_int("workers", workers, 0)
+    check_format(fmt, ("npz", "hdf5"))
     config = config or LearnerConfig(algo=algo)
     start = check_cell("start", start, size)
     goal_list = _resolve_goals(goals, size)
@@ -500,7 +471,7 @@ def generate_learning_histories(
             for job in jobs:
                 summary.update(_run_job(job, bar.update))
         else:
-            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            ctx = mp_context("fork")
             q = ctx.Queue()
             with ctx.Pool(len(jobs), initializer=_init_worker, initargs=(q,)) as pool:
                 pending = [pool.apply_async(_run_job_in_worker, (job,)) for job in jobs]
@@ -539,42 +510,25 @@ def format_summary(summary: dict[str, dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``lram data generate darkroom OUT ...`` (``argv``: the arguments after ``darkroom``)."""
-    p = argparse.ArgumentParser(
-        prog="lram data generate darkroom",
-        description="Generate Dark-Room learning histories (one tabular Q-learning agent per goal, from random to "
-        "optimal, every episode stored in order). Resumable: re-run the same command to complete an interrupted run.",
-    )
-    p.add_argument("out", type=Path, help="output root; one folder darkroom_<gx>_<gy> per goal is created in it")
+    p = make_parser("darkroom", "Generate Dark-Room learning histories (one tabular Q-learning agent per goal, from random "
+                    "to optimal, every episode stored in order).",
+                    "output root; one folder darkroom_<gx>_<gy> per goal is created in it")
     p.add_argument("--goals", default="train", help="'train' (80), 'test' (20), 'all' or 'gx,gy;gx,gy;...' (default: train)")
     p.add_argument("--episodes-per-goal", type=int, default=1000, help="episodes in each goal's history (default: 1000)")
-    p.add_argument("--workers", type=int, default=2, help="processes (default: 2; 0/1 = in-process)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
     p.add_argument("--algo", choices=ALGOS, default="ucb_q",
                    help="learning agent: ucb_q (default), q, or sweep (an in-context expert: searches the room until it "
                         "finds the goal, then goes straight to it in every later episode)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="sweep only: probability of a random action per step once the goal is known (default: 0)")
     p.add_argument("--variant", choices=VARIANTS, default="dense", help="reward variant (default: dense)")
-    p.add_argument("--format", dest="fmt", choices=("npz", "hdf5"), default="npz", help="episode file format (default: npz)")
-    p.add_argument("--compress", action="store_true", help="compress the episode files")
     p.add_argument("--size", type=int, default=10, help="room size (default: 10)")
     p.add_argument("--max-steps", type=int, default=100, help="episode length (default: 100)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    add_recording_args(p, fmt="npz", workers="processes")
     t0 = time.perf_counter()
-    try:
-        summary = generate_learning_histories(
-            args.out, args.goals, args.episodes_per_goal, algo=args.algo, seed=args.seed, workers=args.workers,
-            config=LearnerConfig(algo=args.algo, noise=args.noise),
-            fmt=args.fmt, compress=args.compress, size=args.size, max_steps=args.max_steps, variant=args.variant,
-            progress=not args.quiet,
-        )  # fmt: skip
-    except (ValueError, ImportError) as e:  # DataError is a ValueError
-        p.exit(2, f"lram data generate darkroom: error: {e}\n")
-    print(format_summary(summary))
-    print(f"{len(summary)} goals in {args.out} ({time.perf_counter() - t0:.1f} s)")
-    return 0
-
+    return run_main(p, argv, lambda a: generate_learning_histories(
+        a.out, a.goals, a.episodes_per_goal, algo=a.algo, config=LearnerConfig(algo=a.algo, noise=a.noise),
+        size=a.size, max_steps=a.max_steps, variant=a.variant, **recording_kwargs(a),
+    ), lambda summary, a: f"{format_summary(summary)}\n{len(summary)} goals in {a.out} ({time.perf_counter() - t0:.1f} s)")
 
 if __name__ == "__main__":
     raise SystemExit(main())

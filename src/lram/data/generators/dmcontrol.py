@@ -17,27 +17,27 @@ Layout (paper layout via ``PaperWriter``, plain integer stems)::
                                      dones all False (time-limit truncation)
     <out>/<domain>-<task>/generator.json
 
-Resuming works as for :mod:`lram.data.generators.atari` (the shared machinery lives there).
+Resuming works as for :mod:`lram.data.generators.atari` (the shared machinery is in ``_common``).
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import functools
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from lram.data.generators.atari import (
+from lram.data.generators._common import (
+    EXPERT_SETTING_KEYS,
     add_recording_args,
     check_common_args,
-    check_settings,
-    format_summary,
-    record_task,
+    expert_task,
+    make_parser,
+    recording_kwargs,
+    run_main,
     sb3_actor,
-    train_sb3,
 )
 
 GENERATOR = "dmcontrol-expert"
@@ -82,32 +82,19 @@ def generate_dmcontrol(out_root: str | Path, tasks: str | Sequence[str], episode
                     "deterministic": bool(deterministic) if algo == "sac" else None, "format": fmt, "compress": bool(compress),
                     "observation": "unified 204-d DMC layout (lram.envs.dmcontrol.OBS_KEY_DIMS)",
                     "sac_kwargs": sac_kwargs or {}, "dm_control_version": version("dm-control")}
-        task_dir.mkdir(parents=True, exist_ok=True)
-        check_settings(task_dir, settings)
-        model_path = None
-        if algo == "sac":
-            model_path = task_dir / "expert_sac.zip"
-            if not model_path.is_file():
-                t0 = time.perf_counter()
-                env = DMControlEnv(task, max_steps=max_steps)
-                kw = {"learning_starts": min(10_000, max(1, timesteps // 10)), **(sac_kwargs or {})}
-                if progress:
-                    print(f"{task}: training SAC for {timesteps} steps", flush=True)
-                train_sb3("sac", env, model_path, timesteps, seed, **kw)
-                env.close()
-                summary.setdefault(task, {})["train_seconds"] = time.perf_counter() - t0
-        s = record_task(task_dir, task, _build_dmc, (task, algo, str(model_path) if model_path else None, max_steps,
-                        bool(deterministic)), episodes, seed, workers=workers, fmt=fmt, compress=compress, progress=progress)
-        summary[task] = {**summary.get(task, {}), **s}
+        kw = {"learning_starts": min(10_000, max(1, timesteps // 10)), **(sac_kwargs or {})}
+        summary[task] = expert_task(task_dir, task, settings, EXPERT_SETTING_KEYS, _build_dmc, task, algo,
+                                    "sac" if algo == "sac" else None, functools.partial(DMControlEnv, task, max_steps=max_steps),
+                                    kw, timesteps=timesteps, episodes=episodes, seed=seed, max_steps=max_steps,
+                                    deterministic=deterministic, workers=workers, fmt=fmt, compress=compress,
+                                    progress=progress)
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``lram data generate dmcontrol OUT ...``: SAC-expert DMControl episodes in the unified 204-d layout."""
-    p = argparse.ArgumentParser(prog="lram data generate dmcontrol",
-                                description="Train SAC experts on DMControl tasks and record 1000-step episodes with the "
-                                "unified 204-d observation. Resumable: re-run the same command to complete a run.")
-    p.add_argument("out", type=Path, help="output root; one folder <domain>-<task> per task")
+    p = make_parser("dmcontrol", "Train SAC experts on DMControl tasks and record 1000-step episodes with the unified "
+                    "204-d observation.", "output root; one folder <domain>-<task> per task")
     p.add_argument("--tasks", default="dmc11", help="a set (dmc11, dmc5, dmc16) or comma-separated tasks (default: dmc11)")
     p.add_argument("--algo", choices=ALGOS, default="sac")
     p.add_argument("--timesteps", type=int, default=1_000_000, help="SAC training steps per task (default: 1M)")
@@ -115,15 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=1000, help="steps per episode (default: 1000)")
     p.add_argument("--stochastic", action="store_true", help="SAC: sample actions instead of the mean")
     add_recording_args(p)
-    a = p.parse_args(argv)
-    try:
-        summary = generate_dmcontrol(a.out, a.tasks, a.episodes, a.algo, timesteps=a.timesteps, seed=a.seed, workers=a.workers,
-                                     fmt=a.fmt, compress=a.compress, max_steps=a.max_steps, deterministic=not a.stochastic,
-                                     progress=not a.quiet)
-    except (ValueError, ImportError) as e:
-        p.exit(2, f"lram data generate dmcontrol: error: {e}\n")
-    print(format_summary(summary))
-    return 0
+    return run_main(p, argv, lambda a: generate_dmcontrol(
+        a.out, a.tasks, a.episodes, a.algo, timesteps=a.timesteps, max_steps=a.max_steps, deterministic=not a.stochastic,
+        **recording_kwargs(a)))
 
 
 if __name__ == "__main__":

@@ -27,21 +27,30 @@ writing, task after task, so each task folder has exactly one writer.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import multiprocessing as mp
-import re
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from lram.data.episode import DataError, Episode
+from lram.data.episode import Episode
+from lram.data.generators._common import SETTINGS_FILE as SETTINGS_FILE  # public here (tests)
+from lram.data.generators._common import (
+    add_recording_args,
+    check_format,
+    check_int,
+    check_settings,
+    imap_jobs,
+    make_parser,
+    missing_episodes,
+    recording_kwargs,
+    run_main,
+)
+from lram.data.generators._common import existing_episodes as existing_episodes  # public here (tests)
 from lram.envs.metaworld import (
     ACT_DIM,
     EPISODE_STEPS,
@@ -53,11 +62,9 @@ from lram.envs.metaworld import (
     require_metaworld,
     resolve_tasks,
 )
-from lram.utils.io import write_json_atomic
 
 GENERATOR = "metaworld-scripted-expert"
-SETTINGS_FILE = "generator.json"
-_EPISODE_FILE = re.compile(r"^(\d+)\.(hdf5|h5|npz|pkl)$")
+SETTING_KEYS = ("generator", "seed", "action_noise", "max_steps", "format")
 _NOISE_STREAM = 0x6E6F697365  # separates the noise RNG from the env's goal RNG (same episode seed)
 
 WriterFactory = Callable[[Path], AbstractContextManager]
@@ -138,54 +145,7 @@ def _rollout_chunk(job: tuple[str, list[int], int, float, int]) -> tuple[str, li
     return task, out, time.perf_counter() - t0
 
 
-@contextmanager
-def _mapper(workers: int, n_jobs: int) -> Iterator[Callable]:
-    """An ordered ``imap``: in-process for ``workers`` <= 1, else a process pool."""
-    if workers <= 1 or n_jobs <= 1:
-        try:
-            yield map
-        finally:
-            _close_envs()
-        return
-    methods = mp.get_all_start_methods()
-    # fork: workers inherit the imported modules (a spawned worker would spend ~2 s importing torch/lram)
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(min(workers, n_jobs)) as pool:
-        yield lambda fn, jobs: pool.imap(fn, jobs, chunksize=1)
-
-
 # ----------------------------------------------------------------------------------------------- driver
-
-
-def existing_episodes(task_dir: str | Path) -> set[int]:
-    """Indices of the complete episode files (``<index>.hdf5|npz|...``) in ``task_dir``."""
-    task_dir = Path(task_dir)
-    if not task_dir.is_dir():
-        return set()
-    return {int(m.group(1)) for p in task_dir.iterdir() if (m := _EPISODE_FILE.match(p.name)) and p.is_file()}
-
-
-def _check_settings(task_dir: Path, settings: dict) -> None:
-    """Write ``generator.json`` for a new folder; refuse to resume a folder made with other settings."""
-    path = task_dir / SETTINGS_FILE
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise DataError(path, None, f"unreadable generator settings ({e}); delete the file to start the folder anew") from e
-        if not isinstance(old, dict):
-            raise DataError(path, None, f"expected a JSON object, got {type(old).__name__}")
-        for key in ("generator", "seed", "action_noise", "max_steps", "format"):
-            if old.get(key) != settings[key]:
-                raise DataError(
-                    path, key,
-                    f"this folder was generated with {key}={old.get(key)!r}, this run asks for {settings[key]!r}; "
-                    "resume with the same settings or write to another output folder",
-                )  # fmt: skip
-        return
-    if existing_episodes(task_dir):
-        raise DataError(task_dir, None, f"holds episode files but no {SETTINGS_FILE}: not a folder this generator can resume")
-    write_json_atomic(path, settings)
 
 
 def _default_writer_factory(fmt: str, compress: bool) -> WriterFactory:
@@ -198,11 +158,7 @@ def _default_writer_factory(fmt: str, compress: bool) -> WriterFactory:
 
 
 def _check_args(episodes_per_task, action_noise, seed, workers, max_steps, chunk_size, fmt) -> None:
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if not is_int(episodes_per_task) or episodes_per_task < 1:
-        raise ValueError(f"episodes_per_task: expected a positive int, got {episodes_per_task!r}")
+    check_int("episodes_per_task", episodes_per_task, 1, "a positive int")
     if (
         isinstance(action_noise, bool)
         or not isinstance(action_noise, (int, float))
@@ -210,16 +166,11 @@ def _check_args(episodes_per_task, action_noise, seed, workers, max_steps, chunk
         or action_noise < 0
     ):
         raise ValueError(f"action_noise: expected a finite float >= 0 (the noise std), got {action_noise!r}")
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
-    if not is_int(workers) or workers < 0:
-        raise ValueError(f"workers: expected an int >= 0 (0 or 1: no subprocesses), got {workers!r}")
-    if not is_int(max_steps) or max_steps < 1:
-        raise ValueError(f"max_steps: expected a positive int, got {max_steps!r}")
-    if not is_int(chunk_size) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
-    if fmt not in ("hdf5", "npz"):
-        raise ValueError(f"fmt: expected 'hdf5' or 'npz', got {fmt!r}")
+    check_int("seed", seed, 0, "a non-negative int")
+    check_int("workers", workers, 0, "an int >= 0 (0 or 1: no subprocesses)")
+    check_int("max_steps", max_steps, 1, "a positive int")
+    check_int("chunk_size", chunk_size, 1, "a positive int")
+    check_format(fmt)
 
 
 def generate_metaworld(
@@ -263,14 +214,9 @@ def generate_metaworld(
             "metaworld_version": version("metaworld"),
             "goals": "fresh uniform draw from the task's random-reset space per episode, seeded by the episode seed",
         }  # fmt: skip
-        task_dir.mkdir(parents=True, exist_ok=True)
-        _check_settings(task_dir, settings)
-        have = existing_episodes(task_dir)
-        todo = [i for i in range(episodes_per_task) if i not in have]
-        summary[task] = {
-            "requested": episodes_per_task, "existing": episodes_per_task - len(todo), "written": 0,
-            "successes": 0, "success_rate": float("nan"), "mean_return": float("nan"), "steps_per_s": float("nan"),
-        }  # fmt: skip
+        check_settings(task_dir, settings, SETTING_KEYS)
+        todo, s = missing_episodes(task_dir, episodes_per_task)
+        summary[task] = {**s, "successes": 0, "success_rate": float("nan")}
         for k in range(0, len(todo), chunk_size):
             jobs.append((task, todo[k : k + chunk_size], int(seed), float(action_noise), int(max_steps)))
 
@@ -279,8 +225,8 @@ def generate_metaworld(
     busy: dict[str, list[float]] = {t: [0.0, 0.0] for t in task_list}  # steps, seconds
     total = sum(len(j[1]) for j in jobs)
     with tqdm(total=total, unit="ep", desc="metaworld", disable=not progress, dynamic_ncols=True) as bar:
-        with _mapper(workers, len(jobs)) as imap:
-            results = imap(_rollout_chunk, jobs)
+        # fork: workers inherit the imported modules (a spawned worker would spend ~2 s importing torch/lram)
+        with imap_jobs(_rollout_chunk, jobs, workers, method="fork", cleanup=_close_envs) as results:
             for task in task_list:
                 if not jobs_per_task[task]:
                     continue
@@ -322,35 +268,18 @@ def format_summary(summary: dict[str, dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``lram data generate metaworld OUT ...``: scripted-expert episodes for Meta-World v3 tasks."""
-    p = argparse.ArgumentParser(
-        prog="lram data generate metaworld",
-        description="Generate Meta-World expert episodes (scripted policies, goal-visible MT1 envs, 200 steps, "
-        "a random goal per episode). Resumable: re-run the same command to complete an interrupted run.",
-    )
-    p.add_argument("out", type=Path, help="output root; one folder per task is created in it")
+    p = make_parser("metaworld", "Generate Meta-World expert episodes (scripted policies, goal-visible MT1 envs, 200 steps, "
+                    "a random goal per episode).", "output root; one folder per task is created in it")
     p.add_argument(
         "--tasks", default="ml45-train",
         help=f"a task set ({', '.join(TASK_SETS)}) or comma-separated v3 task names (default: ml45-train)",
     )  # fmt: skip
     p.add_argument("--episodes", type=int, default=100, help="episodes per task (default: 100)")
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to the expert's actions (default: 0)")
-    p.add_argument("--workers", type=int, default=2, help="rollout processes (default: 2; 0/1 = in-process)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    p.add_argument("--format", dest="fmt", choices=("hdf5", "npz"), default="hdf5", help="episode file format")
-    p.add_argument("--compress", action="store_true", help="compress the episode files (gzip level 1 for hdf5)")
     p.add_argument("--max-steps", type=int, default=EPISODE_STEPS, help=f"episode length (default: {EPISODE_STEPS})")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    try:
-        summary = generate_metaworld(
-            args.out, args.tasks, args.episodes, action_noise=args.noise, seed=args.seed, workers=args.workers,
-            fmt=args.fmt, compress=args.compress, max_steps=args.max_steps, progress=not args.quiet,
-        )  # fmt: skip
-    except (ValueError, ImportError) as e:  # DataError is a ValueError
-        p.exit(2, f"lram data generate metaworld: error: {e}\n")
-    print(format_summary(summary))
-    return 0
-
+    add_recording_args(p, workers="rollout processes")
+    return run_main(p, argv, lambda a: generate_metaworld(
+        a.out, a.tasks, a.episodes, action_noise=a.noise, max_steps=a.max_steps, **recording_kwargs(a)))
 
 if __name__ == "__main__":
     raise SystemExit(main())

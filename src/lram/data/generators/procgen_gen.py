@@ -29,24 +29,28 @@ towards short episodes (less with a larger ``--chunk`` / ``--batch`` ratio).
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing as mp
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lram.data.episode import Episode
-from lram.data.generators.atari import (
-    _init_worker,
+from lram.data.generators._common import (
     add_recording_args,
     check_common_args,
+    check_int,
     check_settings,
+    ensure_expert,
     episode_seed,
-    existing_episodes,
-    format_summary,
+    imap_jobs,
+    init_worker,
+    make_parser,
+    missing_episodes,
+    recording_kwargs,
+    run_main,
+    train_sb3,
+    write_results,
 )
 
 GENERATOR = "procgen-expert"
@@ -107,8 +111,6 @@ def make_vec_env(game: str, num: int, seed: int, **env_kwargs):
 def train_ppo(game: str, path: Path, timesteps: int, seed: int, *, train_envs: int = 64, env_kwargs: dict | None = None,
               ppo_kwargs: dict | None = None):
     """Train (or load, when ``path`` exists) the PPO ``CnnPolicy`` expert of ``game``; saved atomically at ``path``."""
-    from lram.data.generators.atari import train_sb3
-
     env = make_vec_env(game, train_envs, seed, **(env_kwargs or {}))
     kw = {"policy": "CnnPolicy", **PPO_DEFAULTS, **(ppo_kwargs or {})}
     kw["batch_size"] = min(kw["batch_size"], kw["n_steps"] * train_envs)
@@ -203,9 +205,8 @@ def generate_procgen(out_root: str | Path, games: str | Sequence[str], episodes:
     if algo not in ALGOS:
         raise ValueError(f"algo: expected one of {list(ALGOS)}, got {algo!r}")
     check_common_args(episodes, seed, workers, timesteps, 1, fmt)
-    for name, v in (("batch", batch), ("chunk", chunk), ("train_envs", train_envs)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    batch, chunk, train_envs = (check_int(name, v, 1) for name, v in (("batch", batch), ("chunk", chunk),
+                                                                      ("train_envs", train_envs)))
     env_kwargs = {"num_levels": int(num_levels), "start_level": int(start_level), "distribution_mode": distribution_mode}
     out_root = Path(out_root)
     summary = {}
@@ -225,12 +226,11 @@ def generate_procgen(out_root: str | Path, games: str | Sequence[str], episodes:
         model_path = None
         if algo == "ppo":
             model_path = task_dir / "expert_ppo.zip"
-            if not model_path.is_file():
-                if progress:
-                    print(f"{task}: training PPO for {timesteps} steps on {train_envs} envs", flush=True)
-                t0 = time.perf_counter()
-                train_ppo(game, model_path, timesteps, seed, train_envs=train_envs, env_kwargs=env_kwargs, ppo_kwargs=ppo_kwargs)
-                s["train_seconds"] = time.perf_counter() - t0
+            seconds = ensure_expert(model_path, f"{task}: training PPO for {timesteps} steps on {train_envs} envs", progress,
+                                    lambda path, game=game: train_ppo(game, path, timesteps, seed, train_envs=train_envs,
+                                                                      env_kwargs=env_kwargs, ppo_kwargs=ppo_kwargs))
+            if seconds is not None:
+                s["train_seconds"] = seconds
         s.update(_record_task(task_dir, task, game, algo, model_path, deterministic, episodes, seed, batch, chunk, env_kwargs,
                               workers=workers, fmt=fmt, compress=compress, progress=progress))
         summary[task] = s
@@ -241,12 +241,7 @@ def _record_task(task_dir: Path, task: str, game: str, algo: str, model_path: Pa
                  seed: int, batch: int, chunk: int, env_kwargs: dict, *, workers: int, fmt: str, compress: bool,
                  progress: bool) -> dict:
     """Write the missing episodes of ``task`` chunk by chunk (in worker processes when ``workers > 1``)."""
-    from lram.data.storage import PaperWriter
-
-    have = existing_episodes(task_dir)
-    todo = [i for i in range(episodes) if i not in have]
-    summary = {"requested": episodes, "existing": episodes - len(todo), "written": 0, "mean_return": float("nan"),
-               "steps_per_s": float("nan")}
+    todo, summary = missing_episodes(task_dir, episodes)
     if not todo:
         return summary
     by_chunk: dict[int, list[int]] = {}
@@ -254,42 +249,16 @@ def _record_task(task_dir: Path, task: str, game: str, algo: str, model_path: Pa
         by_chunk.setdefault(i // chunk * chunk, []).append(i)
     jobs = [(game, algo, str(model_path) if model_path else None, bool(deterministic), batch, first, wanted,
              episode_seed(seed, task, first), env_kwargs) for first, wanted in sorted(by_chunk.items())]
-    pool = None
-    if workers > 1 and len(jobs) > 1:
-        # spawn, not fork: a process forked after torch ran its OpenMP pool (PPO training) can deadlock
-        pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker)
-        results = pool.imap(record_chunk, jobs, chunksize=1)
-    else:
-        results = map(record_chunk, jobs)
-    returns, steps, busy = [], 0, 0.0
-    try:
-        with PaperWriter(task_dir, fmt=fmt, compress=compress, progress=False) as writer, \
-                tqdm(total=len(todo), unit="ep", desc=task, disable=not progress, dynamic_ncols=True) as bar:
-            for eps, n, seconds in results:
-                for i, ep in eps:
-                    writer.write(ep, stem=str(i))
-                    summary["written"] += 1
-                    returns.append(ep.total_return)
-                steps += n
-                busy += seconds
-                bar.update(len(eps))
-                bar.set_postfix(ret=f"{np.mean(returns):.2f}")
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        _cache.clear()
-    summary["mean_return"] = float(np.mean(returns))
-    summary["steps_per_s"] = steps / max(busy, 1e-9)
-    return summary
+    # spawn, not fork: a process forked after torch ran its OpenMP pool (PPO training) can deadlock
+    with imap_jobs(record_chunk, jobs, workers, initializer=init_worker, cleanup=_cache.clear) as results:
+        return write_results(task_dir, results, summary, len(todo), fmt=fmt, compress=compress, progress=progress,
+                             desc=task, return_format=".2f")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``lram data generate procgen OUT ...``: PPO-expert (or random) Procgen episodes, easy mode, levels 0..199."""
-    p = argparse.ArgumentParser(prog="lram data generate procgen",
-                                description="Train PPO experts on Procgen games and record episodes ([3,64,64] uint8 RGB, "
-                                "15 actions, easy mode). Resumable: re-run the same command to complete a run.")
-    p.add_argument("out", type=Path, help="output root; one folder procgen-<game> per game")
+    p = make_parser("procgen", "Train PPO experts on Procgen games and record episodes ([3,64,64] uint8 RGB, 15 actions, "
+                    "easy mode).", "output root; one folder procgen-<game> per game")
     p.add_argument("--games", default="bigfish", help="comma-separated games, 'train' (12) or 'heldout' (4) (default: bigfish)")
     p.add_argument("--algo", choices=ALGOS, default="ppo", help="expert: ppo or random")
     p.add_argument("--timesteps", type=int, default=1_000_000, help="PPO training steps per game (default: 1M; paper data: 25M)")
@@ -304,20 +273,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-steps", type=int, help="PPO rollout steps per env (default: 256)")
     p.add_argument("--ppo-batch-size", type=int, help="PPO minibatch size (default: 2048)")
     add_recording_args(p)
-    a = p.parse_args(argv)
-    from lram.envs.procgen_env import HELDOUT_GAMES, TRAIN_GAMES
 
-    games = {"train": ",".join(TRAIN_GAMES), "heldout": ",".join(HELDOUT_GAMES)}.get(a.games, a.games)
-    ppo_kwargs = {k: v for k, v in (("n_steps", a.n_steps), ("batch_size", a.ppo_batch_size)) if v is not None}
-    try:
-        summary = generate_procgen(a.out, games, a.episodes, a.algo, timesteps=a.timesteps, seed=a.seed, workers=a.workers,
-                                   fmt=a.fmt, compress=a.compress, deterministic=a.deterministic, batch=a.batch, chunk=a.chunk,
-                                   train_envs=a.train_envs, num_levels=a.num_levels, start_level=a.start_level,
-                                   distribution_mode=a.distribution_mode, ppo_kwargs=ppo_kwargs or None, progress=not a.quiet)
-    except (ValueError, ImportError) as e:
-        p.exit(2, f"lram data generate procgen: error: {e}\n")
-    print(format_summary(summary))
-    return 0
+    def generate(a):
+        from lram.envs.procgen_env import HELDOUT_GAMES, TRAIN_GAMES
+
+        games = {"train": ",".join(TRAIN_GAMES), "heldout": ",".join(HELDOUT_GAMES)}.get(a.games, a.games)
+        ppo_kwargs = {k: v for k, v in (("n_steps", a.n_steps), ("batch_size", a.ppo_batch_size)) if v is not None}
+        return generate_procgen(a.out, games, a.episodes, a.algo, timesteps=a.timesteps, deterministic=a.deterministic,
+                                batch=a.batch, chunk=a.chunk, train_envs=a.train_envs, num_levels=a.num_levels,
+                                start_level=a.start_level, distribution_mode=a.distribution_mode,
+                                ppo_kwargs=ppo_kwargs or None, **recording_kwargs(a))
+
+    return run_main(p, argv, generate)
 
 
 if __name__ == "__main__":

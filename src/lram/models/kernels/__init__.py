@@ -6,13 +6,15 @@ registers the ``torch.ops.lram`` ops:
 
 * inference steps (``mlstm_step_cpu.cpp``): ``mlstm_block_step`` (a whole mLSTM block on a few new
   tokens), ``mamba_block_step``, and ``linear_rows`` (a linear layer on a few rows that streams the weights
-  once at near memory bandwidth, used by :class:`lram.models.layers.Linear` at inference);
+  once at near memory bandwidth, used by :class:`lram.models.layers.Linear` at inference);  a backbone
+  uses the step ops only after :meth:`lram.models.backbone.Backbone.prepare_for_inference` chose them;
 * training (forward and backward ops, wrapped in ``torch.autograd.Function`` s by the models): see the
   other ``*_train_cpu.cpp`` files.
 
 Without a C++ compiler it returns False and callers use PyTorch ops, which compute the same function.
 Set ``LRAM_CPU_KERNELS=0`` to never build them.  Which path a model takes is its own setting
-(``step_kernel`` / ``train_kernel``: ``auto``, ``fused`` or ``torch``), never a process-wide switch.
+(``step_kernel`` / ``train_kernel``: ``auto``, ``fused`` or ``torch``) and, for inference, its explicit
+``prepare_for_inference()`` call; never a process-wide switch.
 """
 
 from __future__ import annotations
@@ -25,27 +27,23 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 _SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
 STEP_KERNELS = ("auto", "fused", "torch")  # a backbone's step_kernel / train_kernel setting
 FUSED_MAX_TOKENS = 16  # the fused steps handle calls of up to this many new tokens per row
 _lock = threading.Lock()
 _status: dict[str, object] = {"loaded": None, "error": None}
-LOADED = False  # True once the ops are registered (a cheap check for hot paths that never trigger a build)
 
 
 def load_cpu_kernels(required: bool = False) -> bool:
     """Build (once) and load the CPU kernels; True when ``torch.ops.lram.mlstm_block_step`` is usable.
 
     ``required=True`` raises a RuntimeError naming the cause instead of returning False."""
-    global LOADED
-    if LOADED:  # the per-step fast path: no lock once the ops are registered
+    if _status["loaded"]:  # the fast path: no lock once the ops are registered
         return True
     with _lock:
         if _status["loaded"] is None:
             _status["loaded"], _status["error"] = _build()
-            LOADED = bool(_status["loaded"])
             if not _status["loaded"] and not required and os.environ.get("LRAM_CPU_KERNELS", "1") != "0":
                 warnings.warn(f"lram: fused CPU step kernels unavailable, using PyTorch ops ({_status['error']})",
                               stacklevel=3)
@@ -87,22 +85,6 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
-def fused_step_applies(mode: str, x, state, param) -> bool:
-    """Whether a backbone step on ``x`` can run on the fused CPU kernels: ``mode`` (the backbone's
-    ``step_kernel``) allows it, CPU float32 tensors (``param``: a weight of the model), at most
-    ``FUSED_MAX_TOKENS`` new tokens, contiguous float32 state tensors, no autograd, not inside
-    ``torch.compile``; and the kernels load (``mode="fused"``: or raise)."""
-    if mode == "torch" or x.device.type != "cpu" or x.shape[1] > FUSED_MAX_TOKENS:
-        return False
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return False
-    if x.dtype != torch.float32 or param.dtype != torch.float32:
-        return False
-    if not all(t.is_contiguous() and t.dtype == torch.float32 for t in state.tensors.values()):
-        return False
-    return load_cpu_kernels(required=mode == "fused")
-
-
 def fused_training_applies(mode: str, *tensors: torch.Tensor) -> bool:
     """Whether a training computation on ``tensors`` runs on the fused CPU forward/backward kernels:
     ``mode`` (the backbone's ``train_kernel``) allows it, every tensor is a CPU float32 tensor, no CPU
@@ -119,26 +101,3 @@ def fused_training_applies(mode: str, *tensors: torch.Tensor) -> bool:
 
 def exporting_graph() -> bool:
     return torch.compiler.is_exporting()
-
-
-# bumped whenever any module registers a parameter anywhere: invalidates cached weight lists (in-place
-# updates, load_state_dict and .to() keep the same Parameter objects, so they need no invalidation)
-_PARAMETER_GENERATION = [0]
-
-
-def _count_parameter_registration(module, name, param):
-    _PARAMETER_GENERATION[0] += 1
-
-
-nn.modules.module.register_module_parameter_registration_hook(_count_parameter_registration)
-
-
-def cached_step_arguments(owner: nn.Module, build):
-    """``build()`` (the weights a fused step passes to its op), cached on ``owner`` until a parameter is
-    registered anywhere: saves ~100 module attribute look-ups per step."""
-    cached = owner.__dict__.get("_fused_args_cache")
-    if cached is not None and cached[0] == _PARAMETER_GENERATION[0]:
-        return cached[1]
-    args = build()
-    owner.__dict__["_fused_args_cache"] = (_PARAMETER_GENERATION[0], args)
-    return args

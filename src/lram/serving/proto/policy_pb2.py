@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flram/serving/proto/policy.proto\x12\x0flram.serving.v1\"x\n\x12OpenSessionRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x13\n\x0bnum_actions\x18\x02 \x01(\x05\x12\x12\n\naction_dim\x18\x03 \x01(\x05\x12\x15\n\rtarget_return\x18\x04 \x01(\x02\x12\x12\n\nin_context\x18\x05 \x01(\x08\"\x81\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x64iscrete\x18\x02 \x01(\x08\x12\x12\n\naction_dim\x18\x03 \x01(\x05\x12\x15\n\rtarget_return\x18\x04 \x01(\x02\x12\x19\n\x11observation_shape\x18\x05 \x03(\x05\"\x9b\x01\n\nActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0bobservation\x18\x02 \x03(\x02\x42\x02\x10\x01\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\x0e\n\x06reward\x18\x04 \x01(\x02\x12\x15\n\repisode_start\x18\x05 \x01(\x08\x12\x19\n\x0creturn_to_go\x18\x06 \x01(\x02H\x00\x88\x01\x01\x42\x0f\n\r_return_to_go\"^\n\x0b\x41\x63tResponse\x12\x12\n\x06\x61\x63tion\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\x17\n\x0f\x64iscrete_action\x18\x02 \x01(\x03\x12\x14\n\x0creturn_to_go\x18\x03 \x01(\x02\x12\x0c\n\x04step\x18\x04 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"\r\n\x0bInfoRequest\"[\n\x0cInfoResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12\x10\n\x08sessions\x18\x03 \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\x05\x32\xcd\x02\n\rPolicyService\x12X\n\x0bOpenSession\x12#.lram.serving.v1.OpenSessionRequest\x1a$.lram.serving.v1.OpenSessionResponse\x12@\n\x03\x41\x63t\x12\x1b.lram.serving.v1.ActRequest\x1a\x1c.lram.serving.v1.ActResponse\x12[\n\x0c\x43loseSession\x12$.lram.serving.v1.CloseSessionRequest\x1a%.lram.serving.v1.CloseSessionResponse\x12\x43\n\x04Info\x12\x1c.lram.serving.v1.InfoRequest\x1a\x1d.lram.serving.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flram/serving/proto/policy.proto\x12\x0flram.serving.v1\"\x86\x01\n\x12OpenSessionRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x13\n\x0bnum_actions\x18\x02 \x01(\x05\x12\x12\n\naction_dim\x18\x03 \x01(\x05\x12\x15\n\rtarget_return\x18\x04 \x01(\x02\x12\x12\n\nin_context\x18\x05 \x01(\x08\x12\x0c\n\x04task\x18\x06 \x01(\t\"\x96\x01\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08\x64iscrete\x18\x02 \x01(\x08\x12\x12\n\naction_dim\x18\x03 \x01(\x05\x12\x15\n\rtarget_return\x18\x04 \x01(\x02\x12\x19\n\x11observation_shape\x18\x05 \x03(\x05\x12\x13\n\x0bnum_actions\x18\x06 \x01(\x05\"\x9b\x01\n\nActRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x17\n\x0bobservation\x18\x02 \x03(\x02\x42\x02\x10\x01\x12\r\n\x05image\x18\x03 \x01(\x0c\x12\x0e\n\x06reward\x18\x04 \x01(\x02\x12\x15\n\repisode_start\x18\x05 \x01(\x08\x12\x19\n\x0creturn_to_go\x18\x06 \x01(\x02H\x00\x88\x01\x01\x42\x0f\n\r_return_to_go\"^\n\x0b\x41\x63tResponse\x12\x12\n\x06\x61\x63tion\x18\x01 \x03(\x02\x42\x02\x10\x01\x12\x17\n\x0f\x64iscrete_action\x18\x02 \x01(\x03\x12\x14\n\x0creturn_to_go\x18\x03 \x01(\x02\x12\x0c\n\x04step\x18\x04 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"\r\n\x0bInfoRequest\"[\n\x0cInfoResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12\x10\n\x08sessions\x18\x03 \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\x05\x32\xcd\x02\n\rPolicyService\x12X\n\x0bOpenSession\x12#.lram.serving.v1.OpenSessionRequest\x1a$.lram.serving.v1.OpenSessionResponse\x12@\n\x03\x41\x63t\x12\x1b.lram.serving.v1.ActRequest\x1a\x1c.lram.serving.v1.ActResponse\x12[\n\x0c\x43loseSession\x12$.lram.serving.v1.CloseSessionRequest\x1a%.lram.serving.v1.CloseSessionResponse\x12\x43\n\x04Info\x12\x1c.lram.serving.v1.InfoRequest\x1a\x1d.lram.serving.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTREQUEST'].fields_by_name['observation']._serialized_options = b'\020\001'
   _globals['_ACTRESPONSE'].fields_by_name['action']._loaded_options = None
   _globals['_ACTRESPONSE'].fields_by_name['action']._serialized_options = b'\020\001'
-  _globals['_OPENSESSIONREQUEST']._serialized_start=52
-  _globals['_OPENSESSIONREQUEST']._serialized_end=172
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=175
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=304
-  _globals['_ACTREQUEST']._serialized_start=307
-  _globals['_ACTREQUEST']._serialized_end=462
-  _globals['_ACTRESPONSE']._serialized_start=464
-  _globals['_ACTRESPONSE']._serialized_end=558
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=560
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=601
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=603
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=625
-  _globals['_INFOREQUEST']._serialized_start=627
-  _globals['_INFOREQUEST']._serialized_end=640
-  _globals['_INFORESPONSE']._serialized_start=642
-  _globals['_INFORESPONSE']._serialized_end=733
-  _globals['_POLICYSERVICE']._serialized_start=736
-  _globals['_POLICYSERVICE']._serialized_end=1069
+  _globals['_OPENSESSIONREQUEST']._serialized_start=53
+  _globals['_OPENSESSIONREQUEST']._serialized_end=187
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=190
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=340
+  _globals['_ACTREQUEST']._serialized_start=343
+  _globals['_ACTREQUEST']._serialized_end=498
+  _globals['_ACTRESPONSE']._serialized_start=500
+  _globals['_ACTRESPONSE']._serialized_end=594
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=596
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=637
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=639
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=661
+  _globals['_INFOREQUEST']._serialized_start=663
+  _globals['_INFOREQUEST']._serialized_end=676
+  _globals['_INFORESPONSE']._serialized_start=678
+  _globals['_INFORESPONSE']._serialized_end=769
+  _globals['_POLICYSERVICE']._serialized_start=772
+  _globals['_POLICYSERVICE']._serialized_end=1105
 # @@protoc_insertion_point(module_scope)
