@@ -45,6 +45,12 @@ def _eval(argv: Sequence[str]) -> int:
     return main(argv)
 
 
+def _experiment(argv: Sequence[str]) -> int:
+    from lram.experiments import main
+
+    return main(argv)
+
+
 def _export(argv: Sequence[str]) -> int:
     from lram.serving.onnx_export import main
 
@@ -74,6 +80,7 @@ COMMANDS = {
     "train": (_train, "train a policy from a YAML config (torchrun for DDP), or --resume a run"),
     "eval": (_eval, "evaluate a checkpoint online in its tasks' environments (returns, success, normalised scores)"),
     "plot": (_plot, "plot a run's learning curves (RUN/metrics.jsonl) or an eval report again (summary + task pages)"),
+    "experiment": (_experiment, "run one of the paper's experiments (arms trained, evaluated, IQM with CIs; resumable)"),
     "export": (_export, "export a checkpoint's recurrent step to ONNX (dynamic batch, explicit state)"),
     "serve": (_serve, "serve a checkpoint over gRPC: sessions with their own recurrent state, one Act per step"),
     "bench": (_bench, "latency per environment step vs context length and the memory-bound floor"),
