@@ -66,3 +66,23 @@ def test_smoke_scale_runs_every_arm_and_resumes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["backbones", "--scale", "paper", "--out", str(tmp_path)])
     assert "has scales" in capsys.readouterr().err
+
+
+def test_results_doc_is_generated_from_results(tmp_path):
+    """docs/results.md comes from results.json files: the table, the command and a computed verdict."""
+    rng = np.random.default_rng(1)
+    tasks = [f"metaworld/t{i}" for i in range(4)]
+    arms = [Arm(b, s) for b in ("xlstm[1:0]", "transformer") for s in range(3)]
+    reports = {a.name: fake_report({t: float(rng.normal(0.9 if a.group == "xlstm[1:0]" else 0.2, 0.05)) for t in tasks})
+               for a in arms}
+    exp = EXPERIMENTS["backbones"]()
+    res = aggregate(exp, "cpu", Scale(), arms, reports, reps=300)
+    (tmp_path / "results" / "backbones").mkdir(parents=True)
+    (tmp_path / "results" / "backbones" / "results.json").write_text(json.dumps(res))
+    assert exp.verdict(res).startswith("agrees")
+    flipped = {**res, "groups": {"xlstm[1:0]": res["groups"]["transformer"], "transformer": res["groups"]["xlstm[1:0]"]}}
+    assert exp.verdict(flipped).startswith("disagrees")
+    assert main(["report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "docs" / "results.md")]) == 0
+    doc = (tmp_path / "docs" / "results.md").read_text()
+    assert "## backbones" in doc and "lram experiment backbones --scale cpu" in doc and "**Verdict (cpu scale):** agrees" in doc
+    assert doc.count("\n| xlstm[1:0] |") == 1

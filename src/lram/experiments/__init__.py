@@ -13,10 +13,15 @@ EXPERIMENTS: dict[str, type[Experiment]] = {Backbones.name: Backbones}
 
 
 def main(argv=None) -> int:
-    """``lram experiment NAME --scale smoke|cpu [--out results]``."""
+    """``lram experiment NAME --scale smoke|cpu [--out results]`` or ``lram experiment report``."""
     import argparse
+    import sys
 
-    p = argparse.ArgumentParser(prog="lram experiment", description="Run one of the paper's experiments (resumable).")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return _report(argv[1:])
+    p = argparse.ArgumentParser(prog="lram experiment", description="Run one of the paper's experiments (resumable); "
+                                "`lram experiment report` writes docs/results.md from results/.")
     p.add_argument("name", choices=sorted(EXPERIMENTS))
     p.add_argument("--scale", default="smoke", help="smoke (seconds), cpu (about an hour on 2 cores)")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
@@ -30,6 +35,19 @@ def main(argv=None) -> int:
 
     print(format_table(results))
     print(f"wrote {a.out}/{a.name}/ (results.json, table.md, {a.name}.png)")
+    return 0
+
+
+def _report(argv) -> int:
+    import argparse
+
+    from lram.experiments.report import write_results_doc
+
+    p = argparse.ArgumentParser(prog="lram experiment report", description="docs/results.md from results/*/results.json.")
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", default="docs/results.md")
+    a = p.parse_args(argv)
+    print(f"wrote {write_results_doc(a.results, a.out)}")
     return 0
 
 

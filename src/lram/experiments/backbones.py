@@ -52,3 +52,21 @@ class Backbones(Experiment):
 
     def arms(self, scale: Scale) -> list[Arm]:
         return [Arm(b, s, (f"model.backbone={b}",)) for b in BACKBONES for s in scale.seeds]
+
+    def verdict(self, results: dict) -> str:
+        """Agrees when xLSTM [1:0]'s IQM CI reaches the best other backbone's IQM (matches or beats it);
+        disagrees when its upper bound lies below another backbone's lower bound; else partly."""
+        groups = {k: g for k, g in results["groups"].items() if "iqm" in g}
+        if "xlstm[1:0]" not in groups or len(groups) < 2:
+            return "not measured"
+        x = groups["xlstm[1:0]"]
+        others = {k: g for k, g in groups.items() if k != "xlstm[1:0]"}
+        best_name, best = max(others.items(), key=lambda kv: kv[1]["iqm"])
+        fig = f"xLSTM [1:0] IQM {x['iqm']:.3f} [{x['iqm_ci'][0]:.3f}, {x['iqm_ci'][1]:.3f}] vs {best_name} {best['iqm']:.3f}"
+        if results["scale"] == "smoke":
+            return f"not a result (smoke scale: a few steps); {fig}"
+        if any(x["iqm_ci"][1] < g["iqm_ci"][0] for g in others.values()):
+            return f"disagrees: {fig} (another backbone's CI lies above)"
+        if x["iqm_ci"][1] >= best["iqm"]:
+            return f"agrees: {fig}"
+        return f"partly: {fig}"

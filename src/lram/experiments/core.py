@@ -73,6 +73,10 @@ class Experiment:
                 "train.eval_batches=0", f"train.checkpoint_every={max(1, scale.train_steps // 4)}",
                 "logging.tensorboard=false", "model.use_images=false", "model.continuous_decode=mean"]
 
+    def verdict(self, results: dict) -> str:
+        """One line: does the figure agree with the claim (computed from results.json, never typed)."""
+        return "no verdict rule"
+
     def evaluate(self, run: Path, scale: Scale, progress: bool) -> dict:
         from lram.evaluation.evaluate import evaluate_checkpoint
 
