@@ -56,6 +56,7 @@ class Experiment:
 
     name = ""
     claim = ""  # the paper's statement this experiment tests
+    notes = ""  # how to read the figures (what the scale leaves out, confounds), printed under the table
     scales: dict[str, Scale] = {}
 
     def make_data(self, root: Path, scale: Scale, progress: bool) -> list[str]:

@@ -30,7 +30,8 @@ def write_results_doc(results_root: str | Path, out: str | Path) -> Path:
         exp = EXPERIMENTS.get(res["experiment"])
         verdict = exp().verdict(res) if exp is not None else "unknown experiment"
         lines += [f"## {res['experiment']}", "", f"Command: `lram experiment {res['experiment']} --scale {res['scale']}`",
-                  "", format_table(res).split("\n", 2)[2].strip(), "", f"**Verdict ({res['scale']} scale):** {verdict}", ""]
+                  "", format_table(res).split("\n", 2)[2].strip(), "", *([exp.notes, ""] if exp and exp.notes else []),
+                  f"**Verdict ({res['scale']} scale):** {verdict}", ""]
         png = path.parent / f"{res['experiment']}.png"
         if png.exists():
             lines += [f"![{res['experiment']}]({os.path.relpath(png, out.parent)})", ""]
