@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -173,4 +172,3 @@ def test_policy_step_is_the_mirror_of_forward():
     leaves, spec = torch.utils._pytree.tree_flatten(state)  # a pytree: compile / export take it as it is
     again = torch.utils._pytree.tree_unflatten(leaves, spec)
     assert again.signature == state.signature and list(again) == list(state)
-    assert dataclasses.is_dataclass(mixed_domain())

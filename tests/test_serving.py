@@ -150,3 +150,14 @@ def test_sessions_of_a_domain_mixing_action_sizes_act_per_task():
         assert action.shape == (6,) and used == pytest.approx(rtg) and step == t + 1
         np.testing.assert_allclose(action, ref, atol=1e-6)
         prev, rtg = reward, rtg - reward
+
+
+def test_open_session_names_its_task(served):
+    """OpenSession's task field: the task's action layout, best return and observation shape come back."""
+    _, stub = served
+    s = stub.OpenSession(pb.OpenSessionRequest(domain="metaworld", task="reach-v3"))
+    assert s.action_dim == 4 and s.target_return == 1800.0 and list(s.observation_shape) == [39]
+    stub.CloseSession(pb.CloseSessionRequest(session_id=s.session_id))
+    with pytest.raises(grpc.RpcError) as e:
+        stub.OpenSession(pb.OpenSessionRequest(domain="metaworld", task="push-v3"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'push-v3' is not a task" in e.value.details()

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lram.evaluation.driver import EpisodeDriver
-from lram.models.domain import DomainSpec, TaskSpec
+from lram.models.domain import DomainSpec
 from lram.models.policy import RecurrentAgent
 
 
@@ -48,7 +48,7 @@ def _observation(obs) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr if arr.dtype == np.uint8 else arr.astype(np.float32)))
 
 
-def evaluate_task(policy, make_env: Callable[[int], gym.Env], domain: DomainSpec, task: str | TaskSpec, *,
+def evaluate_task(policy, make_env: Callable[[int], gym.Env], domain: DomainSpec, task: str, *,
                   episodes: int, target_return: float, num_envs: int = 1, seed: int = 0, max_steps: int | None = None,
                   progress: bool = False, desc: str = "eval") -> list[EpisodeResult]:
     """Run ``episodes`` episodes of one task of ``domain`` with ``num_envs`` environments made by
@@ -61,9 +61,7 @@ def evaluate_task(policy, make_env: Callable[[int], gym.Env], domain: DomainSpec
     n = min(num_envs, episodes)
     envs = [make_env(i) for i in range(n)]
     try:
-        spec = task if isinstance(task, TaskSpec) else domain.task_for(task, envs[0].action_space)
-        if isinstance(task, TaskSpec):
-            domain.check_action_space(spec, envs[0].action_space)
+        spec = domain.task_for(task, envs[0].action_space)
         agent = RecurrentAgent.for_task(policy, domain, spec, n)
         driver = EpisodeDriver(agent, target_return, in_context=domain.in_context,
                                return_condition=domain.return_condition)

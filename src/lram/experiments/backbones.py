@@ -29,8 +29,8 @@ class Backbones(Experiment):
         "smoke": Scale(size="tiny", train_steps=4, batch_size=2, context=6, seeds=(0,), eval_episodes=1,
                        eval_max_steps=8, data={"metaworld_tasks": ("reach-v3",), "metaworld_episodes": 2,
                                                "darkroom_goals": 2, "darkroom_episodes": 2}),
-        # ~60-90 min on 2 cores: the demo's recipe (3,600 steps reach 1.0 success with xLSTM) at 1,500 steps
-        # per arm, 3 seeds x 4 backbones
+        # ~50 min on 2 cores (measured 2026-12-02): the demo's recipe (3,600 steps reach 1.0 success with
+        # xLSTM) at 1,500 steps per arm, 3 seeds x 4 backbones
         "cpu": Scale(size="tiny", train_steps=1500, batch_size=16, context=30, seeds=(0, 1, 2), eval_episodes=10,
                      data={"metaworld_tasks": ("reach-v3", "button-press-topdown-v3", "drawer-close-v3"),
                            "metaworld_episodes": 100, "darkroom_goals": 40, "darkroom_episodes": 10}),

@@ -76,28 +76,20 @@ class DomainSpec:
         return max((t.best_return for t in self.tasks.values()), default=0.0)
 
     def task_for(self, task: str, action_space=None) -> TaskSpec:
-        """The spec of ``task``; a task outside the training data (held out) takes its action layout from the
-        environment's ``action_space`` (a gymnasium space), checked against the domain's kind."""
+        """The spec of ``task``, checked against the environment's ``action_space`` (a gymnasium space) when
+        given; a task outside the training data (held out) takes its action layout from that space."""
         if task in self.tasks:
             spec = self.tasks[task]
-            if action_space is not None:
-                self.check_action_space(spec, action_space)
-            return spec
-        if action_space is None:
+        elif action_space is None:
             raise ValueError(f"task: {task!r} is not a task of domain {self.name!r} "
                              f"(it has {', '.join(self.tasks)}) and no environment gives its action layout")
-        if self.discrete:
-            n = getattr(action_space, "n", None)
-            if n is None:
-                raise ValueError(f"{self.name}/{task}: the domain has discrete actions but the environment's "
-                                 f"action space is {action_space}")
-            spec = TaskSpec(task, 1, int(n), best_return=self.default_target(task))
         else:
-            shape = getattr(action_space, "shape", None)
-            if shape is None or len(shape) != 1:
-                raise ValueError(f"{self.name}/{task}: the domain has continuous actions but the environment's "
-                                 f"action space is {action_space}")
-            spec = TaskSpec(task, int(shape[0]), None, best_return=self.default_target(task))
+            n, shape = getattr(action_space, "n", None), getattr(action_space, "shape", None)
+            dims = int(shape[0]) if not self.discrete and shape is not None and len(shape) == 1 else 1
+            spec = TaskSpec(task, dims, int(n) if self.discrete and n is not None else None,
+                            best_return=self.default_target(task))
+        if action_space is not None:
+            self.check_action_space(spec, action_space)
         return spec
 
     def check_action_space(self, task: TaskSpec, space) -> None:

@@ -67,22 +67,27 @@ def write_pretrained(folder: Path, policy, domains: Iterable[DomainSpec | Mappin
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
-def save_pretrained(folder: str | Path, policy, domains: Iterable[DomainSpec | Mapping] = (), *,
-                    step: int | None = None) -> Path:
-    """Write a loadable policy folder atomically (under a temporary name, renamed when complete)."""
-    folder = Path(folder)
+def write_folder_atomically(folder: Path, fill) -> Path:
+    """``fill(tmp)`` writes the files of ``folder`` into a temporary sibling, which is synced and renamed to
+    ``folder`` (replacing it) once complete: a crash mid-write leaves any earlier ``folder`` intact."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    write_pretrained(tmp, policy, domains, step=step)
+    fill(tmp)
     sync_files(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     fsync_dir(folder.parent)
     return folder
+
+
+def save_pretrained(folder: str | Path, policy, domains: Iterable[DomainSpec | Mapping] = (), *,
+                    step: int | None = None) -> Path:
+    """Write a loadable policy folder atomically (under a temporary name, renamed when complete)."""
+    return write_folder_atomically(Path(folder), lambda tmp: write_pretrained(tmp, policy, domains, step=step))
 
 
 def sync_files(folder: Path) -> None:

@@ -14,7 +14,6 @@ about each newer one it skips.
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -24,9 +23,8 @@ import torch
 from lram.models.persistence import (
     CheckpointError,
     checkpoint_folders,
-    fsync_dir,
-    sync_files,
     verify_checkpoint,
+    write_folder_atomically,
     write_pretrained,
 )
 from lram.utils.io import atomic_path
@@ -39,19 +37,13 @@ def save_checkpoint(run_dir: str | Path, step: int, model, trainer_state: dict, 
     """Write checkpoint ``step`` atomically and prune old ones; returns its folder.  ``domains``: the
     :class:`lram.models.domain.DomainSpec` s (or their dicts); ``weights``: a gathered (FSDP) full state."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
-    final, tmp = root / name, root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    write_pretrained(tmp, model, domains, step=step, weights=weights)
-    torch.save(trainer_state, tmp / TRAINER_FILE)
-    sync_files(tmp)
-    if final.exists():  # a re-run of the same step: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(root)
+
+    def fill(tmp: Path) -> None:
+        write_pretrained(tmp, model, domains, step=step, weights=weights)
+        torch.save(trainer_state, tmp / TRAINER_FILE)
+
+    final = write_folder_atomically(root / name, fill)  # a re-run of the same step replaces it
     with atomic_path(root / "latest") as t:
         t.write_text(name + "\n")
     done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
