@@ -27,13 +27,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results", help="results folder (default: results/)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    exp = EXPERIMENTS[a.name]()
     try:
-        results = run_experiment(EXPERIMENTS[a.name](), a.scale, a.out, progress=not a.quiet)
+        results = run_experiment(exp, a.scale, a.out, progress=not a.quiet)
     except (ValueError, FileNotFoundError, ImportError) as e:
         p.exit(2, f"lram experiment: error: {e}\n")
     from lram.experiments.core import format_table
 
-    print(format_table(results))
+    print(format_table(results, exp))
     print(f"wrote {a.out}/{a.name}/ (results.json, table.md, {a.name}.png)")
     return 0
 

@@ -78,18 +78,36 @@ class Experiment:
         """One line: does the figure agree with the claim (computed from results.json, never typed)."""
         return "no verdict rule"
 
-    def evaluate(self, run: Path, scale: Scale, progress: bool) -> dict:
+    def train_arm(self, arm: Arm, overrides: list[str], run: Path, scale: Scale, progress: bool) -> None:
+        """Train one arm into ``run`` (resuming an interrupted run); ``overrides`` = shared + data + arm +
+        seed + run dir.  Experiments with several stages (e.g. pretrain, then fine-tune) override this."""
+        from lram.training.config import load_config
+        from lram.training.trainer import train
+
+        train(load_config(None, overrides), resume=(run / "checkpoints").exists())
+
+    def evaluate(self, arm: Arm, run: Path, scale: Scale, progress: bool) -> dict:
+        """The arm's evaluation report (kept as reports/ARM.json; every episode in it)."""
         from lram.evaluation.evaluate import evaluate_checkpoint
 
         return evaluate_checkpoint(run, episodes=scale.eval_episodes, random_baseline=True,
                                    max_steps=scale.eval_max_steps, progress=progress)
 
+    def summarise(self, results: dict, reports: dict[str, dict], scale: Scale) -> None:
+        """Add experiment-specific figures to ``results`` (in place), e.g. return per episode or a dataset
+        statistic; kept in results.json.  Default: nothing beyond the per-group aggregates."""
+
+    def extra_table(self, results: dict) -> str:
+        """Markdown printed under the main table (from results.json only)."""
+        return ""
+
+    def plot_extra(self, results: dict, root: Path) -> list[Path]:
+        """Further PNGs under ``root`` (named ``NAME-*.png``) drawn from results.json."""
+        return []
+
 
 def run_experiment(exp: Experiment, scale_name: str, out: str | Path, progress: bool = True) -> dict:
     """Run (or resume) every arm of ``exp`` at ``scale_name`` under ``out/NAME``; returns results.json's content."""
-    from lram.training.config import load_config
-    from lram.training.trainer import train
-
     if scale_name not in exp.scales:
         raise ValueError(f"--scale: {exp.name} has scales {sorted(exp.scales)}, got {scale_name!r}")
     scale = exp.scales[scale_name]
@@ -105,17 +123,18 @@ def run_experiment(exp: Experiment, scale_name: str, out: str | Path, progress: 
         if progress:
             print(f"[{exp.name}] arm {i + 1}/{len(arms)}: {arm.name}", flush=True)
         run = root / "runs" / arm.name
-        cfg = load_config(None, [*exp.train_overrides(scale), *data_overrides, *arm.overrides,
-                                 f"train.seed={arm.seed}", f"logging.run_dir={run}"])
-        train(cfg, resume=(run / "checkpoints").exists())
-        report = exp.evaluate(run, scale, progress)
+        exp.train_arm(arm, [*exp.train_overrides(scale), *data_overrides, *arm.overrides, f"train.seed={arm.seed}",
+                            f"logging.run_dir={run}"], run, scale, progress)
+        report = exp.evaluate(arm, run, scale, progress)
         write_json_atomic(report_path, report)
         reports[arm.name] = report
     results = aggregate(exp, scale_name, scale, arms, reports)
+    exp.summarise(results, reports, scale)
     write_json_atomic(root / "results.json", results)
-    (root / "table.md").write_text(format_table(results))
+    (root / "table.md").write_text(format_table(results, exp))
     try:
         results["plot"] = str(plot_results(results, root / f"{exp.name}.png"))
+        results["plots"] = [str(p) for p in exp.plot_extra(results, root)]
     except ImportError as e:  # matplotlib / rliable missing: the numbers stand without the figure
         results["plot"] = f"not drawn: {e}"
     write_json_atomic(root / "results.json", results)
@@ -164,8 +183,8 @@ def aggregate(exp: Experiment, scale_name: str, scale: Scale, arms: Sequence[Arm
             "ci": f"95% stratified bootstrap over tasks x seeds (rliable, {reps} reps)"}
 
 
-def format_table(results: dict) -> str:
-    """The Markdown table of results.json: one row per group."""
+def format_table(results: dict, exp: Experiment | None = None) -> str:
+    """The Markdown table of results.json: one row per group (and the experiment's extra table under it)."""
     groups = results["groups"]
     domains = sorted({d for g in groups.values() for d in g["domains"]})
     lines = [f"# {results['experiment']} ({results['scale']} scale)", "", f"Claim: {results['claim']}", "",
@@ -177,6 +196,9 @@ def format_table(results: dict) -> str:
         mean = f"{g['mean']:.3f} [{g['mean_ci'][0]:.3f}, {g['mean_ci'][1]:.3f}]" if "mean" in g else "-"
         lines.append(f"| {name} | {len(g['seeds'])} | " + " | ".join(cells) + f" | {iqm} | {mean} |")
     lines += ["", f"Normalised score: (R - R_random) / (R_target - R_random) per task; {results['ci']}."]
+    extra = exp.extra_table(results) if exp is not None else ""
+    if extra:
+        lines += ["", extra.strip()]
     return "\n".join(lines) + "\n"
 
 

@@ -30,11 +30,11 @@ def write_results_doc(results_root: str | Path, out: str | Path) -> Path:
         exp = EXPERIMENTS.get(res["experiment"])
         verdict = exp().verdict(res) if exp is not None else "unknown experiment"
         lines += [f"## {res['experiment']}", "", f"Command: `lram experiment {res['experiment']} --scale {res['scale']}`",
-                  "", format_table(res).split("\n", 2)[2].strip(), "", *([exp.notes, ""] if exp and exp.notes else []),
+                  "", format_table(res, exp() if exp else None).split("\n", 2)[2].strip(), "", *([exp.notes, ""] if exp and exp.notes else []),
                   f"**Verdict ({res['scale']} scale):** {verdict}", ""]
-        png = path.parent / f"{res['experiment']}.png"
-        if png.exists():
-            lines += [f"![{res['experiment']}]({os.path.relpath(png, out.parent)})", ""]
+        for png in [path.parent / f"{res['experiment']}.png", *sorted(path.parent.glob(f"{res['experiment']}-*.png"))]:
+            if png.exists():
+                lines += [f"![{png.stem}]({os.path.relpath(png, out.parent)})", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(lines))
