@@ -14,8 +14,16 @@ import torch.nn.functional as F
 from lram.models import build_backbone
 from lram.models.kernels import load_cpu_kernels
 from lram.models.kernels import training as ops
-from lram.models.mlstm_cells import M_EMPTY, mlstm_chunkwise, mlstm_parallel, mlstm_parallel_fused
-from lram.models.xlstm import multihead_norm
+from lram.models.mlstm_cells import (
+    M_EMPTY,
+    _MLSTMParallelCell,
+    _MLSTMParallelFused,
+    mlstm_cell_kernels_available,
+    mlstm_chunkwise,
+    mlstm_parallel,
+    mlstm_parallel_fused,
+)
+from lram.models.xlstm import fold_gate_weights, multihead_norm
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -90,17 +98,32 @@ def _chunkwise(q, k, v, i, f):
     return mlstm_chunkwise(q, k, v, i, f, empty, 16)[0]
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (2, 2, 60, 16), (1, 4, 70, 32), (2, 1, 1, 4)])
-@pytest.mark.parametrize("cell", [mlstm_parallel, mlstm_parallel_fused], ids=["parallel", "parallel-fused"])
+def _gates_and_products(q, k, v, i, f):
+    return _MLSTMParallelFused.apply(q, k, v, i, f, 1e-6), None
+
+
+def _cell_kernels(tile):
+    def run(q, k, v, i, f):
+        return _MLSTMParallelCell.apply(q, k, v, i, f, 1e-6, tile), None
+    return run
+
+
+CELLS = {"parallel": mlstm_parallel, "gate-kernels": _gates_and_products, "cell-kernels-tile4": _cell_kernels(4),
+         "cell-kernels-tile32": _cell_kernels(32), "cell-kernels-untiled": _cell_kernels(1000)}
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (2, 2, 60, 16), (1, 4, 70, 32), (2, 1, 1, 4), (1, 2, 45, 64)])
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_parallel_mlstm_cell_equals_chunkwise(shape, cell):
-    """The parallel form (hand-written backward, with and without fused gate kernels) is the chunkwise
-    form's function: values and gradients of q, k, v and both gates."""
+    """The parallel form (hand-written backward; in PyTorch ops, with the fused gate kernels around batched
+    products, and as the per-head cell kernels with and without skipped tiles) is the chunkwise form's
+    function: values and gradients of q, k, v and both gates."""
     torch.manual_seed(0)
     inputs = _cell_inputs(*shape)
     g = torch.randn(*shape, dtype=torch.float64)
     y0, g0 = grads(_chunkwise, inputs, g)
-    dtype = torch.float64 if cell is mlstm_parallel else torch.float32
-    y1, g1 = grads(lambda *t: cell(*t)[0], [t.to(dtype) for t in inputs], g)
+    dtype = torch.float64 if cell == "parallel" else torch.float32
+    y1, g1 = grads(lambda *t: CELLS[cell](*t)[0], [t.to(dtype) for t in inputs], g)
     # float64: rounding only (q and k gradients can be ~1e-6 of v's, so relative errors reach ~1e-10);
     # float32 against a float64 reference over up to 70 steps
     tol = 1e-8 if dtype == torch.float64 else 3e-4
@@ -132,10 +155,9 @@ def _layer_reference(up, conv_state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate
 
 
 def _layer_fused(up, conv_state, conv_w, conv_b, w_q, w_k, w_v, gate_w, gate_b, norm_w, skip, num_heads, eps):
-    q, k, v, x_c = ops.mlstm_pre(up, conv_state, conv_w, conv_b, w_q, w_k, w_v, num_heads)
-    B, T, _ = x_c.shape
-    qkv = torch.cat([t.transpose(1, 2).reshape(B, T, -1) for t in (q, k, v)], -1)
-    ig, fg = (qkv @ gate_w.t() + gate_b).transpose(1, 2).chunk(2, dim=1)
+    w_c, w_m = fold_gate_weights(gate_w, w_q, w_k, w_v)
+    q, k, v, x_c, gates = ops.mlstm_pre(up, conv_state, conv_w, conv_b, w_q, w_k, w_v, w_c, w_m, gate_b, num_heads)
+    ig, fg = gates.chunk(2, dim=1)
     h = mlstm_parallel_fused(q, k, v, ig, fg)[0]
     return ops.mlstm_post(h, x_c, up, norm_w, skip, eps)
 
@@ -196,9 +218,22 @@ def test_fused_path_is_what_training_runs():
             y.sum().backward()
         return {e.key for e in prof.key_averages()}
 
-    names = {"lram::mlstm_pre_fwd", "lram::mlstm_post_fwd", "lram::mlstm_gates_fwd", "lram::mlstm_pre_bwd"}
+    cell = "lram::mlstm_cell_fwd" if mlstm_cell_kernels_available() else "lram::mlstm_gates_fwd"
+    names = {"lram::mlstm_pre_fwd", "lram::mlstm_post_fwd", cell, "lram::mlstm_pre_bwd"}
     assert names <= ops_called("fused")
     assert not names & ops_called("torch")
+
+
+def test_cell_kernels_are_used_where_pytorch_exposes_its_blas():
+    """This machine's PyTorch (the pinned CPU wheel) exports sgemm_, so training takes the per-head cell
+    kernels; long windows stay parallel up to ~6 (DH + L) tokens with them."""
+    assert torch.ops.lram.has_sgemm() and mlstm_cell_kernels_available()
+    bb = build_backbone("xlstm", d_model=64, num_blocks=2, train_kernel="fused")
+    span = bb.config.inner_dim // bb.config.num_heads + bb.config.chunk_size
+    assert bb.parallel_max_tokens(fused=True) == 6 * span and bb.parallel_max_tokens() == 2 * span
+    with pytest.raises(RuntimeError, match="'i' and 'b'"):
+        torch.ops.lram.mlstm_cell_fwd(*(torch.randn(2, 5, 4) for _ in range(3)), torch.randn(2, 4), torch.randn(2, 4),
+                                      0.5, 1e-6, 8)
 
 
 def test_bad_arguments_name_the_argument():

@@ -169,8 +169,8 @@ class _MLSTMParallelFused(torch.autograd.Function):
         scale = DH**-0.5
         qf, kf, vf = (t.reshape(B * NH, T, DH) for t in (q, k, v))
         b = F.logsigmoid(f).cumsum(-1).reshape(B * NH, T)
-        s = torch.bmm(qf, kf.transpose(1, 2)).mul_(scale)
-        d, m, arg, r = torch.ops.lram.mlstm_gates_fwd(s, b, i.reshape(B * NH, T).contiguous())  # s <- S_raw * D
+        s = torch.bmm(qf, kf.transpose(1, 2))
+        d, m, arg, r = torch.ops.lram.mlstm_gates_fwd(s, b, i.reshape(B * NH, T).contiguous(), scale)  # s <- S_raw * D
         em = torch.exp(-m)
         den = torch.maximum(r.abs(), em).add_(eps)
         h = torch.bmm(s, vf).div_(den.unsqueeze(-1))
@@ -191,12 +191,45 @@ class _MLSTMParallelFused(torch.autograd.Function):
         dm = torch.where(by_r, 0.0, -dden * em)
         ds = torch.bmm(dnum, vf.transpose(1, 2))
         dv = torch.bmm(s.transpose(1, 2), dnum)
-        ds_raw, di, db = torch.ops.lram.mlstm_gates_bwd(ds, s, d, dr, dm, arg)
-        dq = torch.bmm(ds_raw, kf).mul_(ctx.scale)
-        dk = torch.bmm(ds_raw.transpose(1, 2), qf).mul_(ctx.scale)
+        ds_raw, di, db = torch.ops.lram.mlstm_gates_bwd(ds, s, d, dr, dm, arg, ctx.scale)  # scale folded in
+        dq = torch.bmm(ds_raw, kf)
+        dk = torch.bmm(ds_raw.transpose(1, 2), qf)
         dlf = db.view(B, NH, T).flip(-1).cumsum(-1).flip(-1)
         shape = (B, NH, T, -1)
         return dq.view(shape), dk.view(shape), dv.view(shape), di.view(B, NH, T), dlf * torch.sigmoid(-f), None
+
+
+class _MLSTMParallelCell(torch.autograd.Function):
+    """:class:`_MLSTMParallel` as two CPU kernels per head (``lram::mlstm_cell_fwd`` / ``mlstm_cell_bwd``) that
+    keep each head's [T, T] matrices in cache: the products (BLAS, skipping the tiles above the diagonal), the
+    gate pass and the normaliser in one sweep; the backward recomputes S and D instead of saving them, so a
+    window's activations are O(T) per head, not O(T^2)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, eps: float, tile: int):
+        B, NH, T, DH = q.shape
+        scale = DH**-0.5
+        qf, kf, vf = (t.reshape(B * NH, T, DH).contiguous() for t in (q, k, v))
+        b = F.logsigmoid(f).cumsum(-1).reshape(B * NH, T).contiguous()
+        i2 = i.reshape(B * NH, T).contiguous()
+        h, m, arg, r, den = torch.ops.lram.mlstm_cell_fwd(qf, kf, vf, i2, b, scale, eps, tile)
+        ctx.save_for_backward(qf, kf, vf, i2, b, f, h, m, arg, r, den)
+        ctx.scale, ctx.eps, ctx.tile = scale, eps, tile
+        return h.view(B, NH, T, DH)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh):
+        qf, kf, vf, i2, b, f, h, m, arg, r, den = ctx.saved_tensors
+        B, NH, T = f.shape
+        dq, dk, dv, di, db = torch.ops.lram.mlstm_cell_bwd(dh.reshape(h.shape).contiguous(), qf, kf, vf, i2, b, h, m, arg,
+                                                           r, den, ctx.scale, ctx.eps, ctx.tile)
+        dlf = db.view(B, NH, T).flip(-1).cumsum(-1).flip(-1)
+        shape = (B, NH, T, -1)
+        return dq.view(shape), dk.view(shape), dv.view(shape), di.view(B, NH, T), dlf * torch.sigmoid(-f), None, None
+
+
+CELL_TILE = 32  # row tiles of the per-head products (tokens): blocks above the diagonal are skipped
 
 
 def mlstm_parallel(q, k, v, i, f, state: MLSTMState | None = None, chunk_size: int = 0, eps: float = 1e-6):
@@ -206,8 +239,24 @@ def mlstm_parallel(q, k, v, i, f, state: MLSTMState | None = None, chunk_size: i
 
 
 def mlstm_parallel_fused(q, k, v, i, f, state: MLSTMState | None = None, chunk_size: int = 0, eps: float = 1e-6):
-    """:func:`mlstm_parallel` on lram's fused CPU gate kernels (float32, CPU)."""
+    """:func:`mlstm_parallel` on lram's fused CPU kernels (float32, CPU): the per-head cell kernels when this
+    PyTorch exposes its BLAS to extensions, else the gate kernels around batched products."""
+    if mlstm_cell_kernels_available():
+        return _MLSTMParallelCell.apply(q, k, v, i, f, eps, CELL_TILE), (None, None, None)
     return _MLSTMParallelFused.apply(q, k, v, i, f, eps), (None, None, None)
+
+
+_CELL_KERNELS: list[bool] = []  # decided once the CPU kernels are loaded
+
+
+def mlstm_cell_kernels_available() -> bool:
+    """Whether the per-head cell kernels run here: lram's CPU kernels are loaded and PyTorch's BLAS is
+    reachable from them (``sgemm_``; not every build exports it)."""
+    if not _CELL_KERNELS:
+        if not hasattr(torch.ops.lram, "mlstm_cell_fwd"):
+            return False
+        _CELL_KERNELS.append(bool(torch.ops.lram.has_sgemm()))
+    return _CELL_KERNELS[0]
 
 
 @functools.cache

@@ -13,6 +13,7 @@
 // float32, CPU, contiguous inputs; parallel over rows with per-thread partial sums for weight gradients.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -381,10 +382,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv_bwd(
 
 // Forward gate pass of the parallel mLSTM cell for every head (rows of [H, T, T] matrices):
 // log D[t, s] = b_t - b_s + i_s (s <= t) with b = cumsum(log sigmoid f); m_t = max_s log D[t, s] is a prefix
-// maximum of a_s = i_s - b_s; D = exp(log D - m) (0 above the diagonal); S = S_raw * D in place; r_t = sum_s S.
+// maximum of a_s = i_s - b_s; D = exp(log D - m) (0 above the diagonal); S = scale * S_raw * D in place; r_t = sum_s S.
 // Returns D, m, the arg-max index per row and r.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_gates_fwd(at::Tensor& s_raw, const at::Tensor& b_in,
-                                                                          const at::Tensor& i_in) {
+                                                                          const at::Tensor& i_in, double scale) {
   expect_float("mlstm_gates_fwd", "s_raw", s_raw, 3);
   expect_float("mlstm_gates_fwd", "b", b_in, 2);
   expect_float("mlstm_gates_fwd", "i", i_in, 2);
@@ -399,6 +400,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_gates_fwd(at::T
   const float *bp = b.data_ptr<float>(), *ip = i.data_ptr<float>();
   float *sp = s_raw.data_ptr<float>(), *dp = d.data_ptr<float>(), *mp = m.data_ptr<float>(), *rp = r.data_ptr<float>();
   int64_t* ap = arg.data_ptr<int64_t>();
+  const float fscale = static_cast<float>(scale);
   at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
     std::vector<float> a(T);
     for (int64_t h = h0; h < h1; ++h) {
@@ -418,7 +420,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_gates_fwd(at::T
         for (int64_t s = 0; s <= t; ++s) {
           const float dv = exp_approx(av[s] - run);
           drow[s] = dv;
-          const float sv = srow[s] * dv;
+          const float sv = srow[s] * fscale * dv;
           srow[s] = sv;
           acc += sv;
         }
@@ -431,11 +433,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_gates_fwd(at::T
 }
 
 // Backward gate pass: with ds = d loss / d S (from the products), dr = d loss / d r and dm = d loss / d m
-// through the normaliser, returns d loss / d S_raw (= (ds + dr) * D), and the gradients of i and b
+// through the normaliser, returns scale * d loss / d S_raw (= (ds + dr) * D * scale: the gradient of the unscaled
+// q k^T, so dq = ds_raw k and dk = ds_raw^T q directly), and the gradients of i and b
 // (d log D[t, s] = (ds + dr) * S, plus the stabiliser's gradient at each row's arg-max).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mlstm_gates_bwd(const at::Tensor& ds_in, const at::Tensor& s_in,
                                                                const at::Tensor& d_in, const at::Tensor& dr_in,
-                                                               const at::Tensor& dm_in, const at::Tensor& arg_in) {
+                                                               const at::Tensor& dm_in, const at::Tensor& arg_in,
+                                                               double scale) {
   expect_float("mlstm_gates_bwd", "ds", ds_in, 3);
   expect_float("mlstm_gates_bwd", "s", s_in, 3);
   expect_float("mlstm_gates_bwd", "d", d_in, 3);
@@ -454,6 +458,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlstm_gates_bwd(const at::Tensor&
   const float *drp = dr.data_ptr<float>(), *dmp = dm.data_ptr<float>();
   const int64_t* ap = arg.data_ptr<int64_t>();
   float *dsr = ds_raw.data_ptr<float>(), *dip = di.data_ptr<float>(), *dbp = db.data_ptr<float>();
+  const float fscale = static_cast<float>(scale);
   at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
     std::vector<float> col(T);
     for (int64_t h = h0; h < h1; ++h) {
@@ -470,7 +475,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlstm_gates_bwd(const at::Tensor&
 #pragma omp simd reduction(+ : row)
         for (int64_t s2 = 0; s2 <= t; ++s2) {
           const float gg = g[s2] + add;
-          out[s2] = gg * dv[s2];
+          out[s2] = gg * dv[s2] * fscale;
           const float gl = gg * sv[s2];
           row += gl;
           cv[s2] += gl;
@@ -489,15 +494,233 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlstm_gates_bwd(const at::Tensor&
   return {ds_raw, di, db};
 }
 
+// ------------------------------------------------------------------------------------------ whole parallel cell
+// The parallel mLSTM cell per head with every [T, T] matrix kept in a per-thread buffer (in cache), the way
+// flash attention keeps its score tiles: S_raw = q k^T (BLAS), the gate pass of mlstm_gates_fwd, h = S v / den;
+// the backward recomputes S and D from q, k and the gates instead of saving them.  Products skip the blocks
+// above the diagonal (row tiles of `tile` tokens).  The BLAS is the one PyTorch links (sgemm_, found at run
+// time: has_sgemm() says whether this build can use it).
+
+using sgemm_fn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                          const int*, const float*, const int*, const float*, float*, const int*);
+
+sgemm_fn find_sgemm() {
+  static sgemm_fn f = reinterpret_cast<sgemm_fn>(dlsym(RTLD_DEFAULT, "sgemm_"));
+  return f;
+}
+
+// column-major C[m x n] = alpha op(A) op(B) + beta C (Fortran BLAS conventions)
+inline void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                  int64_t ldb, float beta, float* c, int64_t ldc) {
+  const int M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
+  const int LDA = static_cast<int>(lda), LDB = static_cast<int>(ldb), LDC = static_cast<int>(ldc);
+  const float one = 1.0f;
+  find_sgemm()(&ta, &tb, &M, &N, &K, &one, a, &LDA, b, &LDB, &beta, c, &LDC);
+}
+
+// row-major X[T, T] (rows r0..r1, columns 0..r1 of each row tile) = A[T, DH] B[T, DH]^T, lower row tiles only
+inline void tril_abt(const float* A, const float* B, float* X, int64_t T, int64_t DH, int64_t tile) {
+  for (int64_t r0 = 0; r0 < T; r0 += tile) {
+    const int64_t r1 = std::min(T, r0 + tile);
+    sgemm('T', 'N', r1, r1 - r0, DH, B, DH, A + r0 * DH, DH, 0.0f, X + r0 * T, T);
+  }
+}
+
+// row-major Y[T, DH] = X[T, T] C[T, DH] with X lower triangular (by row tiles)
+inline void tril_xc(const float* X, const float* C, float* Y, int64_t T, int64_t DH, int64_t tile) {
+  for (int64_t r0 = 0; r0 < T; r0 += tile) {
+    const int64_t r1 = std::min(T, r0 + tile);
+    sgemm('N', 'N', DH, r1 - r0, r1, C, DH, X + r0 * T, T, 0.0f, Y + r0 * DH, DH);
+  }
+}
+
+// row-major Y[T, DH] = X[T, T]^T C[T, DH] with X lower triangular: column tile c0..c1 of Y reads rows c0..T
+inline void tril_xtc(const float* X, const float* C, float* Y, int64_t T, int64_t DH, int64_t tile) {
+  for (int64_t c0 = 0; c0 < T; c0 += tile) {
+    const int64_t c1 = std::min(T, c0 + tile);
+    sgemm('N', 'T', DH, c1 - c0, T - c0, C + c0 * DH, DH, X + c0 * T + c0, T, 0.0f, Y + c0 * DH, DH);
+  }
+}
+
+bool has_sgemm() { return find_sgemm() != nullptr; }
+
+struct CellArgs {
+  int64_t H, T, DH, tile;
+  float scale, eps;
+};
+
+CellArgs cell_args(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& i,
+                   const at::Tensor& b, double scale, double eps, int64_t tile) {
+  expect_float(op, "q", q, 3);
+  expect_float(op, "k", k, 3);
+  expect_float(op, "v", v, 3);
+  expect_float(op, "i", i, 2);
+  expect_float(op, "b", b, 2);
+  TORCH_CHECK(find_sgemm() != nullptr, "lram::", op, ": no sgemm_ in this process (PyTorch built without a Fortran BLAS)");
+  const int64_t H = q.size(0), T = q.size(1), DH = q.size(2);
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes() && q.is_contiguous() && k.is_contiguous() && v.is_contiguous(),
+              "lram::", op, ": 'q', 'k', 'v' must be contiguous [H, T, DH] of equal shape, got ", q.sizes(), ", ", k.sizes(),
+              ", ", v.sizes());
+  TORCH_CHECK(i.size(0) == H && i.size(1) == T && b.sizes() == i.sizes(), "lram::", op, ": 'i' and 'b' must be [", H, ", ",
+              T, "]");
+  TORCH_CHECK(tile > 0, "lram::", op, ": 'tile' must be positive");
+  return {H, T, DH, tile, static_cast<float>(scale), static_cast<float>(eps)};
+}
+
+// S <- scale * S_raw * D (lower triangle, 0 above) with D = exp(a_s - run_t), a = i - b; fills D too when given.
+// Returns the row sums in r and, when m/arg are given, the stabiliser m_t = b_t + run_t and its arg-max.
+inline void cell_gates(float* S, float* D, const float* ih, const float* bh, float* a, int64_t T, float scale, float* r,
+                       float* m, int64_t* arg) {
+  for (int64_t s = 0; s < T; ++s) a[s] = ih[s] - bh[s];
+  float run = -INFINITY;
+  int64_t at_ = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (a[t] > run) { run = a[t]; at_ = t; }  // first maximum, as torch.max
+    if (m) {
+      m[t] = bh[t] + run;
+      arg[t] = at_;
+    }
+    float* __restrict srow = S + t * T;
+    float* __restrict drow = D + t * T;
+    const float* __restrict av = a;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t s = 0; s <= t; ++s) {
+      const float dv = exp_approx(av[s] - run);
+      drow[s] = dv;
+      const float sv = srow[s] * scale * dv;
+      srow[s] = sv;
+      acc += sv;
+    }
+    for (int64_t s = t + 1; s < T; ++s) drow[s] = srow[s] = 0.0f;
+    r[t] = acc;
+  }
+}
+
+// forward: returns h [H, T, DH], m, arg (int64), r, den [H, T]
+std::vector<at::Tensor> mlstm_cell_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& i_in,
+                                       const at::Tensor& b_in, double scale, double eps, int64_t tile) {
+  const CellArgs c = cell_args("mlstm_cell_fwd", q, k, v, i_in, b_in, scale, eps, tile);
+  const int64_t H = c.H, T = c.T, DH = c.DH;
+  at::Tensor i = i_in.contiguous(), b = b_in.contiguous();
+  at::Tensor h = at::empty_like(q), m = at::empty_like(i), r = at::empty_like(i), den = at::empty_like(i);
+  at::Tensor arg = at::empty({H, T}, i.options().dtype(at::kLong));
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float *ip = i.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float *hp = h.data_ptr<float>(), *mp = m.data_ptr<float>(), *rp = r.data_ptr<float>(), *denp = den.data_ptr<float>();
+  int64_t* ap = arg.data_ptr<int64_t>();
+  at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<float> buf(2 * T * T + T);
+    float *S = buf.data(), *D = S + T * T, *a = D + T * T;
+    for (int64_t hh = h0; hh < h1; ++hh) {
+      const int64_t o = hh * T * DH, g = hh * T;
+      tril_abt(qp + o, kp + o, S, T, DH, c.tile);
+      cell_gates(S, D, ip + g, bp + g, a, T, c.scale, rp + g, mp + g, ap + g);
+      tril_xc(S, vp + o, hp + o, T, DH, c.tile);
+      for (int64_t t = 0; t < T; ++t) {
+        const float dn = std::max(std::fabs(rp[g + t]), std::exp(-mp[g + t])) + c.eps;
+        denp[g + t] = dn;
+        const float inv = 1.0f / dn;
+        float* __restrict hr = hp + o + t * DH;
+#pragma omp simd
+        for (int64_t d = 0; d < DH; ++d) hr[d] *= inv;
+      }
+    }
+  });
+  return {h, m, arg, r, den};
+}
+
+// backward: from dh and the forward's h, m, arg, r, den returns dq, dk, dv [H, T, DH], di, db [H, T]
+// (db: the gradient of b = cumsum(log sigmoid f); the caller maps it to f)
+std::vector<at::Tensor> mlstm_cell_bwd(const at::Tensor& dh_in, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const at::Tensor& i_in, const at::Tensor& b_in, const at::Tensor& h_in,
+                                       const at::Tensor& m_in, const at::Tensor& arg_in, const at::Tensor& r_in,
+                                       const at::Tensor& den_in, double scale, double eps, int64_t tile) {
+  const CellArgs c = cell_args("mlstm_cell_bwd", q, k, v, i_in, b_in, scale, eps, tile);
+  const int64_t H = c.H, T = c.T, DH = c.DH;
+  TORCH_CHECK(dh_in.sizes() == q.sizes() && h_in.sizes() == q.sizes(), "lram::mlstm_cell_bwd: 'dh' and 'h' must be [", H,
+              ", ", T, ", ", DH, "]");
+  at::Tensor dh = dh_in.contiguous(), hcur = h_in.contiguous(), i = i_in.contiguous(), b = b_in.contiguous();
+  at::Tensor m = m_in.contiguous(), arg = arg_in.contiguous(), r = r_in.contiguous(), den = den_in.contiguous();
+  at::Tensor dq = at::empty_like(q), dk = at::empty_like(q), dv = at::empty_like(q);
+  at::Tensor di = at::empty_like(i), db = at::empty_like(i);
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float *dhp = dh.data_ptr<float>(), *hp = hcur.data_ptr<float>(), *ip = i.data_ptr<float>(), *bp = b.data_ptr<float>();
+  const float *mp = m.data_ptr<float>(), *rp = r.data_ptr<float>(), *denp = den.data_ptr<float>();
+  const int64_t* ap = arg.data_ptr<int64_t>();
+  float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+  float *dip = di.data_ptr<float>(), *dbp = db.data_ptr<float>();
+  at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<float> buf(3 * T * T + T * DH + 5 * T);
+    float *S = buf.data(), *D = S + T * T, *G = D + T * T, *dnum = G + T * T, *a = dnum + T * DH;
+    float *rr = a + T, *dr = rr + T, *dm = dr + T, *col = dm + T;
+    for (int64_t hh = h0; hh < h1; ++hh) {
+      const int64_t o = hh * T * DH, g = hh * T;
+      // recompute S = scale * S_raw * D and D (the forward's values: same products, same gate pass)
+      tril_abt(qp + o, kp + o, S, T, DH, c.tile);
+      cell_gates(S, D, ip + g, bp + g, a, T, c.scale, rr, nullptr, nullptr);
+      // through h = num / den, den = max(|r|, exp(-m)) + eps
+      for (int64_t t = 0; t < T; ++t) {
+        const float dn = denp[g + t], em = std::exp(-mp[g + t]);
+        const float* __restrict gr = dhp + o + t * DH;
+        const float* __restrict hr = hp + o + t * DH;
+        float* __restrict nr = dnum + t * DH;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t d = 0; d < DH; ++d) {
+          nr[d] = gr[d] / dn;
+          dot += gr[d] * hr[d];
+        }
+        const float dden = -dot / dn;
+        const float rt = rp[g + t];
+        const bool by_r = std::fabs(rt) >= em;
+        dr[t] = by_r ? dden * (rt > 0.0f ? 1.0f : (rt < 0.0f ? -1.0f : 0.0f)) : 0.0f;
+        dm[t] = by_r ? 0.0f : -dden * em;
+      }
+      tril_abt(dnum, vp + o, G, T, DH, c.tile);  // G = dS = dnum v^T
+      tril_xtc(S, dnum, dvp + o, T, DH, c.tile);  // dv = S^T dnum
+      // gate pass backward: G <- scale * (dS + dr) * D (the gradient of q k^T); d log D = (dS + dr) * S
+      std::fill(col, col + T, 0.0f);
+      for (int64_t t = 0; t < T; ++t) {
+        float* __restrict gr = G + t * T;
+        const float* __restrict sr = S + t * T;
+        const float* __restrict drow = D + t * T;
+        const float add = dr[t];
+        float row = 0.0f;
+#pragma omp simd reduction(+ : row)
+        for (int64_t s2 = 0; s2 <= t; ++s2) {
+          const float gg = gr[s2] + add;
+          gr[s2] = gg * drow[s2] * c.scale;
+          const float gl = gg * sr[s2];
+          row += gl;
+          col[s2] += gl;
+        }
+        for (int64_t s2 = t + 1; s2 < T; ++s2) gr[s2] = 0.0f;
+        col[ap[g + t]] += dm[t] - row;  // m_t = max_s log D[t, s]: its gradient goes to the arg-max entry
+        dbp[g + t] = dm[t];
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        dip[g + t] = col[t];
+        dbp[g + t] -= col[t];
+      }
+      tril_xc(G, kp + o, dqp + o, T, DH, c.tile);   // dq = dS_raw k
+      tril_xtc(G, qp + o, dkp + o, T, DH, c.tile);  // dk = dS_raw^T q
+    }
+  });
+  return {dq, dk, dv, di, db};
+}
+
 // ------------------------------------------------------------------------------------------ mLSTM layer
 // The parts of an mLSTM layer between its two large projections, for training windows (many tokens):
 //
 //   pre:  up [B, T, 2I] (= [x_m | z])  ->  x_c = SiLU(causal conv(x_m)), q = BD_q(x_c), k = BD_k(x_c),
-//         v = BD_v(x_m), q, k, v in the cell's head-major layout [B, NH, T, DH];
+//         v = BD_v(x_m), q, k, v in the cell's head-major layout [B, NH, T, DH], and (optionally) the cell's gate
+//         pre-activations g = W_c x_c + W_m x_m + b [B, G, T] (the gate weights with the block-diagonal maps
+//         folded in: the gates of [q, k, v] without a product over the token-major activations);
 //   post: h [B, NH, T, DH] (the cell's output) -> y = (LN_head(h) * w + skip * x_c) * SiLU(z)  [B, T, I]
 //
 // one pass over each token's features forward and backward (lram.models.xlstm.MLSTMLayer computes the same
-// with PyTorch ops; the gate projection on [q, k, v] stays a batched matrix product there).  Weight
+// with PyTorch ops).  Weight
 // gradients are summed per thread, then added.
 
 // shared arguments of the pre pass
@@ -584,6 +807,38 @@ void band_to_weight(const float* band, float* W, int64_t nb, int64_t bs) {  // W
       for (int64_t i = 0; i < bs; ++i) W[(b * bs + o) * bs + i] += band[(i - o + bs - 1) * F + b * bs + o];
 }
 
+// the optional gate projection of the pre pass: g[j] = b[j] + w_c[j] . x_c + w_m[j] . x_m, j < G
+struct GateArgs {
+  int64_t G = 0;
+  const float* w_c = nullptr;  // [G, I]
+  const float* w_m = nullptr;  // [G, I]
+  const float* b = nullptr;    // [G]
+  at::Tensor wc, wm, bias;     // keep the contiguous copies alive
+};
+
+GateArgs gate_args(const char* op, const std::optional<at::Tensor>& w_c, const std::optional<at::Tensor>& w_m,
+                   const std::optional<at::Tensor>& b, int64_t I, bool need_bias) {
+  GateArgs g;
+  if (!(w_c.has_value() && w_c->defined())) return g;
+  expect_float(op, "gate_w_c", *w_c, 2);
+  TORCH_CHECK(w_m.has_value() && w_m->defined(), "lram::", op, ": 'gate_w_m' is needed with 'gate_w_c'");
+  expect_float(op, "gate_w_m", *w_m, 2);
+  g.G = w_c->size(0);
+  TORCH_CHECK(w_c->size(1) == I && w_m->sizes() == w_c->sizes(), "lram::", op, ": 'gate_w_c' and 'gate_w_m' must be [G, ", I,
+              "], got ", w_c->sizes(), " and ", w_m->sizes());
+  g.wc = w_c->contiguous();
+  g.wm = w_m->contiguous();
+  g.w_c = g.wc.data_ptr<float>();
+  g.w_m = g.wm.data_ptr<float>();
+  if (need_bias) {
+    TORCH_CHECK(b.has_value() && b->defined() && b->dim() == 1 && b->size(0) == g.G && b->scalar_type() == at::kFloat,
+                "lram::", op, ": 'gate_b' must be float32 [", g.G, "]");
+    g.bias = b->contiguous();
+    g.b = g.bias.data_ptr<float>();
+  }
+  return g;
+}
+
 struct PreInputs {
   at::Tensor up, state, conv_wt, conv_b;
   std::vector<float> band_q, band_k, band_v, quadt_q, quadt_k, quadt_v;
@@ -636,17 +891,23 @@ PreInputs pre_inputs(const char* op, const at::Tensor& up, const std::optional<a
   return in;
 }
 
-// returns q, k, v [B, NH, T, DH] and x_c [B, T, I]
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_pre_fwd(
+// returns q, k, v [B, NH, T, DH], x_c [B, T, I] and, with gate weights, the gate pre-activations [B, G, T]
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_pre_fwd(
     const at::Tensor& up_in, const std::optional<at::Tensor>& state_in, const at::Tensor& conv_w, const at::Tensor& conv_b,
-    const at::Tensor& w_q, const at::Tensor& w_k, const at::Tensor& w_v, int64_t NH) {
+    const at::Tensor& w_q, const at::Tensor& w_k, const at::Tensor& w_v, int64_t NH,
+    const std::optional<at::Tensor>& gate_w_c, const std::optional<at::Tensor>& gate_w_m,
+    const std::optional<at::Tensor>& gate_b) {
   PreInputs in = pre_inputs("mlstm_pre_fwd", up_in, state_in, conv_w, conv_b, w_q, w_k, w_v, NH);
   const PreArgs& a = in.args;
   const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH;
+  const GateArgs ga = gate_args("mlstm_pre_fwd", gate_w_c, gate_w_m, gate_b, I, true);
+  const int64_t G = ga.G;
   auto opts = in.up.options();
   at::Tensor q = at::empty({B, NH, T, DH}, opts), k = at::empty_like(q), v = at::empty_like(q);
   at::Tensor xc = at::empty({B, T, I}, opts);
+  at::Tensor gates = G ? at::empty({B, G, T}, opts) : at::Tensor();
   float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>(), *xcp = xc.data_ptr<float>();
+  float* gp = G ? gates.data_ptr<float>() : nullptr;
   at::parallel_for(0, B * T, 4, [&](int64_t r0, int64_t r1) {
     std::vector<float> buf(3 * I);
     float *qr = buf.data(), *kr = qr + I, *vr = kr + I;
@@ -658,29 +919,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_pre_fwd(
       for (int64_t c = 0; c < I; ++c) x[c] = x[c] * sigmoid_approx(x[c]);
       bd_forward(a, a.band_q, x, qr);
       bd_forward(a, a.band_k, x, kr);
-      bd_forward(a, a.band_v, a.up + r * 2 * I, vr);
+      const float* __restrict xm = a.up + r * 2 * I;
+      bd_forward(a, a.band_v, xm, vr);
       for (int64_t h = 0; h < NH; ++h) {
         const int64_t o = ((b * NH + h) * T + t) * DH;
         std::copy(qr + h * DH, qr + (h + 1) * DH, qp + o);
         std::copy(kr + h * DH, kr + (h + 1) * DH, kp + o);
         std::copy(vr + h * DH, vr + (h + 1) * DH, vp + o);
       }
+      for (int64_t j = 0; j < G; ++j) {
+        const float* __restrict wc = ga.w_c + j * I;
+        const float* __restrict wm = ga.w_m + j * I;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t c = 0; c < I; ++c) acc += wc[c] * x[c] + wm[c] * xm[c];
+        gp[(b * G + j) * T + t] = acc + ga.b[j];
+      }
     }
   });
-  return {q, k, v, xc};
+  return {q, k, v, xc, gates};
 }
 
 // Gradients of the pre pass.  dq, dk, dv [B, NH, T, DH]; dxc [B, T, I] (x_c's gradient from the post pass);
-// xc: the forward's x_c.  Returns d_up [B, T, 2I] (the z half zero), d_state (undefined without a state),
-// d_conv_w [I, K], d_conv_b, d_w_q, d_w_k, d_w_v.
+// xc: the forward's x_c; dg [B, G, T] the gates' gradient (with the gate weights; or undefined).  d_up_out: the
+// post pass's d_up [B, T, 2I] whose x_m half this pass fills (the z half is kept), or undefined (a new d_up with
+// a zero z half).  Returns d_up, d_state (undefined without a state), d_conv_w [I, K], d_conv_b, d_w_q, d_w_k,
+// d_w_v and, with gates, d_gate_w_c, d_gate_w_m [G, I], d_gate_b [G].
 std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor& dk_in, const at::Tensor& dv_in,
                                       const at::Tensor& dxc_in, const at::Tensor& xc_in, const at::Tensor& up_in,
                                       const std::optional<at::Tensor>& state_in, const at::Tensor& conv_w,
                                       const at::Tensor& conv_b, const at::Tensor& w_q, const at::Tensor& w_k,
-                                      const at::Tensor& w_v, int64_t NH) {
+                                      const at::Tensor& w_v, int64_t NH, const std::optional<at::Tensor>& dg_in,
+                                      const std::optional<at::Tensor>& gate_w_c, const std::optional<at::Tensor>& gate_w_m,
+                                      const std::optional<at::Tensor>& d_up_out) {
   PreInputs in = pre_inputs("mlstm_pre_bwd", up_in, state_in, conv_w, conv_b, w_q, w_k, w_v, NH);
   const PreArgs& a = in.args;
   const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH, K = a.K, bs = a.bs, nd = a.reps();
+  const GateArgs ga = gate_args("mlstm_pre_bwd", gate_w_c, gate_w_m, std::nullopt, I, false);
+  const int64_t G = ga.G;
+  at::Tensor dg;
+  if (G) {
+    TORCH_CHECK(dg_in.has_value() && dg_in->defined() && dg_in->scalar_type() == at::kFloat && dg_in->dim() == 3 &&
+                    dg_in->size(0) == B && dg_in->size(1) == G && dg_in->size(2) == T,
+                "lram::mlstm_pre_bwd: 'dg' must be float32 [", B, ", ", G, ", ", T, "] with the gate weights");
+    dg = dg_in->contiguous();
+  }
+  const float* dgp = G ? dg.data_ptr<float>() : nullptr;
   for (const at::Tensor* t : {&dq_in, &dk_in, &dv_in})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 4 && t->size(0) == B && t->size(1) == NH && t->size(2) == T &&
                     t->size(3) == DH,
@@ -690,15 +974,21 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
   at::Tensor dq = dq_in.contiguous(), dk = dk_in.contiguous(), dv = dv_in.contiguous(), dxc = dxc_in.contiguous();
   at::Tensor xc = xc_in.contiguous();
   auto opts = in.up.options();
-  at::Tensor d_up = at::empty({B, T, 2 * I}, opts), dpre = at::empty({B, T, I}, opts);
+  const bool into = d_up_out.has_value() && d_up_out->defined();
+  if (into)
+    TORCH_CHECK(d_up_out->scalar_type() == at::kFloat && d_up_out->is_contiguous() && d_up_out->dim() == 3 &&
+                    d_up_out->size(0) == B && d_up_out->size(1) == T && d_up_out->size(2) == 2 * I,
+                "lram::mlstm_pre_bwd: 'd_up_out' must be contiguous float32 [", B, ", ", T, ", ", 2 * I, "]");
+  at::Tensor d_up = into ? *d_up_out : at::empty({B, T, 2 * I}, opts), dpre = at::empty({B, T, I}, opts);
   const float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
   const float *dxcp = dxc.data_ptr<float>(), *xcp = xc.data_ptr<float>();
   float *dup = d_up.data_ptr<float>(), *dprep = dpre.data_ptr<float>();
   const int64_t rows = B * T;
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   const int64_t per = (rows + threads - 1) / threads;
-  // per thread: the q, k, v weight gradients in quad or band form [3, nd, I], d conv_w [K, I], d conv_b [I]
-  const int64_t part = 3 * nd * I + (K + 1) * I;
+  // per thread: the q, k, v weight gradients in quad or band form [3, nd, I], d conv_w [K, I], d conv_b [I],
+  // then the gate weights' gradients [2, G, I] and the gate bias's [G]
+  const int64_t part = 3 * nd * I + (K + 1) * I + 2 * G * I + G;
   std::vector<float> partial(threads * part, 0.0f);
   // pass 1: per token, the block-diagonal products' gradients and the conv pre-activation's gradient
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
@@ -722,8 +1012,26 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
         bd_backward(a, a.band_q, a.quadt_q, x, dqr, dx, dbq);
         bd_backward(a, a.band_k, a.quadt_k, x, dkr, dx, dbk);
         float* __restrict dxm = dup + r * 2 * I;
-        for (int64_t c = 0; c < 2 * I; ++c) dxm[c] = 0.0f;
+        for (int64_t c = 0; c < (into ? I : 2 * I); ++c) dxm[c] = 0.0f;
         bd_backward(a, a.band_v, a.quadt_v, xm, dvr, dxm, dbv);
+        if (G) {  // the gates: d x_c += dg . W_c, d x_m += dg . W_m, and the gate weights' gradients
+          float* gacc = acc + 3 * nd * I + (K + 1) * I;
+          for (int64_t j = 0; j < G; ++j) {
+            const float gj = dgp[(b * G + j) * T + t];
+            const float* __restrict wc = ga.w_c + j * I;
+            const float* __restrict wm = ga.w_m + j * I;
+            float* __restrict awc = gacc + j * I;
+            float* __restrict awm = gacc + (G + j) * I;
+#pragma omp simd
+            for (int64_t c = 0; c < I; ++c) {
+              dx[c] += gj * wc[c];
+              dxm[c] += gj * wm[c];
+              awc[c] += gj * x[c];
+              awm[c] += gj * xm[c];
+            }
+            gacc[2 * G * I + j] += gj;
+          }
+        }
         // SiLU of the conv: d pre = d x_c * silu'(pre)
         conv_row(a, b, t, pre);
 #pragma omp simd
@@ -783,7 +1091,12 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
   const float* conv = bands + 3 * nd * I;
   at::Tensor d_conv_w = at::from_blob(const_cast<float*>(conv), {K, I}, opts).t().contiguous();
   at::Tensor d_conv_b = at::from_blob(const_cast<float*>(conv + K * I), {I}, opts).clone();
-  return {d_up, d_state, d_conv_w, d_conv_b, d_wq, d_wk, d_wv};
+  if (!G) return {d_up, d_state, d_conv_w, d_conv_b, d_wq, d_wk, d_wv};
+  const float* gsum = conv + (K + 1) * I;
+  at::Tensor d_gwc = at::from_blob(const_cast<float*>(gsum), {G, I}, opts).clone();
+  at::Tensor d_gwm = at::from_blob(const_cast<float*>(gsum + G * I), {G, I}, opts).clone();
+  at::Tensor d_gb = at::from_blob(const_cast<float*>(gsum + 2 * G * I), {G}, opts).clone();
+  return {d_up, d_state, d_conv_w, d_conv_b, d_wq, d_wk, d_wv, d_gwc, d_gwm, d_gb};
 }
 
 // post: y = (LN_head(h) * w + skip * x_c) * SiLU(z).  h [B, NH, T, DH], xc [B, T, I], up [B, T, 2I] (z = up[..., I:]).
@@ -925,12 +1238,19 @@ TORCH_LIBRARY_FRAGMENT(lram, m) {
   m.def("causal_conv_fwd(Tensor x, Tensor weight, Tensor bias, Tensor? state, bool silu) -> Tensor");
   m.def("causal_conv_bwd(Tensor dy, Tensor x, Tensor weight, Tensor bias, Tensor? state, bool silu) -> "
         "(Tensor, Tensor, Tensor, Tensor)");
-  m.def("mlstm_gates_fwd(Tensor(a!) s_raw, Tensor b, Tensor i) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("mlstm_gates_bwd(Tensor ds, Tensor s, Tensor d, Tensor dr, Tensor dm, Tensor arg) -> (Tensor, Tensor, Tensor)");
+  m.def("mlstm_gates_fwd(Tensor(a!) s_raw, Tensor b, Tensor i, float scale=1.0) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("mlstm_gates_bwd(Tensor ds, Tensor s, Tensor d, Tensor dr, Tensor dm, Tensor arg, float scale=1.0) -> "
+        "(Tensor, Tensor, Tensor)");
+  m.def("has_sgemm() -> bool", &has_sgemm);
+  m.def("mlstm_cell_fwd(Tensor q, Tensor k, Tensor v, Tensor i, Tensor b, float scale, float eps, int tile) -> Tensor[]");
+  m.def("mlstm_cell_bwd(Tensor dh, Tensor q, Tensor k, Tensor v, Tensor i, Tensor b, Tensor h, Tensor m, Tensor arg, "
+        "Tensor r, Tensor den, float scale, float eps, int tile) -> Tensor[]");
   m.def("mlstm_pre_fwd(Tensor up, Tensor? state, Tensor conv_w, Tensor conv_b, Tensor w_q, Tensor w_k, Tensor w_v, "
-        "int num_heads) -> (Tensor, Tensor, Tensor, Tensor)");
+        "int num_heads, Tensor? gate_w_c=None, Tensor? gate_w_m=None, Tensor? gate_b=None) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("mlstm_pre_bwd(Tensor dq, Tensor dk, Tensor dv, Tensor dxc, Tensor xc, Tensor up, Tensor? state, Tensor conv_w, "
-        "Tensor conv_b, Tensor w_q, Tensor w_k, Tensor w_v, int num_heads) -> Tensor[]");
+        "Tensor conv_b, Tensor w_q, Tensor w_k, Tensor w_v, int num_heads, Tensor? dg=None, Tensor? gate_w_c=None, "
+        "Tensor? gate_w_m=None, Tensor(a!)? d_up_out=None) -> Tensor[]");
   m.def("mlstm_post_fwd(Tensor h, Tensor xc, Tensor up, Tensor w, Tensor skip, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("mlstm_post_bwd(Tensor dy, Tensor h, Tensor xc, Tensor up, Tensor w, Tensor skip, Tensor mean, Tensor rstd) -> Tensor[]");
 }
@@ -942,6 +1262,8 @@ TORCH_LIBRARY_IMPL(lram, CPU, m) {
   m.impl("causal_conv_bwd", &causal_conv_bwd);
   m.impl("mlstm_gates_fwd", &mlstm_gates_fwd);
   m.impl("mlstm_gates_bwd", &mlstm_gates_bwd);
+  m.impl("mlstm_cell_fwd", &mlstm_cell_fwd);
+  m.impl("mlstm_cell_bwd", &mlstm_cell_bwd);
   m.impl("mlstm_pre_fwd", &mlstm_pre_fwd);
   m.impl("mlstm_pre_bwd", &mlstm_pre_bwd);
   m.impl("mlstm_post_fwd", &mlstm_post_fwd);

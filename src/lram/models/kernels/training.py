@@ -61,25 +61,28 @@ def available(*ops: str) -> bool:
 
 class _MLSTMPre(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, up, state, conv_w, conv_b, w_q, w_k, w_v, num_heads):
-        q, k, v, xc = torch.ops.lram.mlstm_pre_fwd(up, state, conv_w, conv_b, w_q, w_k, w_v, num_heads)
-        ctx.save_for_backward(xc, up, state, conv_w, conv_b, w_q, w_k, w_v)
+    def forward(ctx, up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w_c, gate_w_m, gate_b, num_heads):
+        q, k, v, xc, gates = torch.ops.lram.mlstm_pre_fwd(up, state, conv_w, conv_b, w_q, w_k, w_v, num_heads,
+                                                          gate_w_c, gate_w_m, gate_b)
+        ctx.save_for_backward(xc, up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w_c, gate_w_m)
         ctx.num_heads = num_heads
-        return q, k, v, xc
+        return q, k, v, xc, gates
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dq, dk, dv, dxc):
-        xc, up, state, *weights = ctx.saved_tensors
-        d_up, d_state, *d_weights = torch.ops.lram.mlstm_pre_bwd(dq, dk, dv, dxc, xc, up, state, *weights, ctx.num_heads)
+    def backward(ctx, dq, dk, dv, dxc, dg):
+        xc, up, state, *weights, gate_w_c, gate_w_m = ctx.saved_tensors
+        d_up, d_state, *d_weights = torch.ops.lram.mlstm_pre_bwd(dq, dk, dv, dxc, xc, up, state, *weights, ctx.num_heads,
+                                                                 dg, gate_w_c, gate_w_m)
         return (d_up, d_state if ctx.needs_input_grad[1] else None, *d_weights, None)
 
 
-def mlstm_pre(up, state, conv_w, conv_b, w_q, w_k, w_v, num_heads: int):
+def mlstm_pre(up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w_c, gate_w_m, gate_b, num_heads: int):
     """The mLSTM layer from its up-projection ``up`` = [x_m | z] [B, T, 2I] to the cell's inputs:
     x_c = SiLU(causal conv(x_m)) [B, T, I]; q, k (block-diagonal of x_c) and v (of x_m) in head-major layout
-    [B, NH, T, DH].  Returns (q, k, v, x_c); one fused CPU op forward and backward."""
-    return _MLSTMPre.apply(up, state, conv_w, conv_b, w_q, w_k, w_v, num_heads)
+    [B, NH, T, DH]; the gate pre-activations W_c x_c + W_m x_m + b [B, G, T] (gate weights [G, I] on x_c and x_m,
+    the block-diagonal maps folded in).  Returns (q, k, v, x_c, gates); one fused CPU op forward and backward."""
+    return _MLSTMPre.apply(up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w_c, gate_w_m, gate_b, num_heads)
 
 
 class _MLSTMPost(torch.autograd.Function):
