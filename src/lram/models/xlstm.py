@@ -48,6 +48,7 @@ from lram.models.kernels import STEP_KERNELS, fused_training_applies
 from lram.models.kernels import training as train_ops
 from lram.models.layers import Linear, exporting
 from lram.models.mlstm_cells import (  # the cell kernels live apart from the model; re-exported here
+    CELL_TILE,
     M_EMPTY,
     MLSTM_KERNELS,
     get_mlstm_kernel,
@@ -257,13 +258,19 @@ class MLSTMLayer(nn.Module):
         # gates = W_q q + W_k k + W_v v + b with q = BD_q x_c, k = BD_k x_c, v = BD_v x_m: the block-diagonal
         # maps folded into the (tiny) gate weights, so the pre pass computes them from x_c and x_m as it goes
         w_c, w_m = self._folded_gate_weights()
+        conv_state = _as_state(up[:, T - (K - 1) :, : self.inner])  # T > 16 here
+        if kernel is mlstm_parallel_fused and mlstm_cell_kernels_available():  # the whole layer as one node
+            y = train_ops.mlstm_layer_parallel(up, st["conv"].to(x.dtype), conv.weight.view(self.inner, K), conv.bias,
+                                               self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, w_c, w_m,
+                                               self.gates.bias, self.out_norm_weight, self.skip, self.num_heads,
+                                               self.cfg.norm_eps, self.cfg.eps, CELL_TILE)
+            return self.down_proj(y), {"C": None, "n": None, "m": None, "conv": conv_state}
         q, k, v, x_c, gates = train_ops.mlstm_pre(up, st["conv"].to(x.dtype), conv.weight.view(self.inner, K), conv.bias,
                                                   self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, w_c, w_m,
                                                   self.gates.bias, self.num_heads)
         ig, fg = gates.chunk(2, dim=1)  # [B, NH, T]
         h, (C, n, m) = kernel(q, k, v, ig, fg, (st["C"], st["n"], st["m"]), chunk_size, self.cfg.eps)
         y = train_ops.mlstm_post(h, x_c, up, self.out_norm_weight, self.skip, self.cfg.norm_eps)
-        conv_state = _as_state(up[:, T - (K - 1) :, : self.inner])  # T > 16 here
         return self.down_proj(y), {"C": C, "n": n, "m": m, "conv": conv_state}
 
     def _folded_gate_weights(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -957,6 +957,7 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
   const int64_t B = a.B, T = a.T, I = a.I, DH = a.DH, K = a.K, bs = a.bs, nd = a.reps();
   const GateArgs ga = gate_args("mlstm_pre_bwd", gate_w_c, gate_w_m, std::nullopt, I, false);
   const int64_t G = ga.G;
+  TORCH_CHECK(G <= 64, "lram::mlstm_pre_bwd: at most 64 gates, got ", G);
   at::Tensor dg;
   if (G) {
     TORCH_CHECK(dg_in.has_value() && dg_in->defined() && dg_in->scalar_type() == at::kFloat && dg_in->dim() == 3 &&
@@ -986,9 +987,8 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
   const int64_t rows = B * T;
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   const int64_t per = (rows + threads - 1) / threads;
-  // per thread: the q, k, v weight gradients in quad or band form [3, nd, I], d conv_w [K, I], d conv_b [I],
-  // then the gate weights' gradients [2, G, I] and the gate bias's [G]
-  const int64_t part = 3 * nd * I + (K + 1) * I + 2 * G * I + G;
+  // per thread: the q, k, v weight gradients in quad or band form [3, nd, I], d conv_w [K, I], d conv_b [I]
+  const int64_t part = 3 * nd * I + (K + 1) * I;
   std::vector<float> partial(threads * part, 0.0f);
   // pass 1: per token, the block-diagonal products' gradients and the conv pre-activation's gradient
   at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
@@ -1014,22 +1014,20 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
         float* __restrict dxm = dup + r * 2 * I;
         for (int64_t c = 0; c < (into ? I : 2 * I); ++c) dxm[c] = 0.0f;
         bd_backward(a, a.band_v, a.quadt_v, xm, dvr, dxm, dbv);
-        if (G) {  // the gates: d x_c += dg . W_c, d x_m += dg . W_m, and the gate weights' gradients
-          float* gacc = acc + 3 * nd * I + (K + 1) * I;
-          for (int64_t j = 0; j < G; ++j) {
-            const float gj = dgp[(b * G + j) * T + t];
-            const float* __restrict wc = ga.w_c + j * I;
-            const float* __restrict wm = ga.w_m + j * I;
-            float* __restrict awc = gacc + j * I;
-            float* __restrict awm = gacc + (G + j) * I;
+        if (G) {  // the gates: d x_c += dg . W_c, d x_m += dg . W_m (their weights' gradients: products, below)
+          float gr[64];
+          for (int64_t j = 0; j < G; ++j) gr[j] = dgp[(b * G + j) * T + t];
+          const float* __restrict wc = ga.w_c;
+          const float* __restrict wm = ga.w_m;
 #pragma omp simd
-            for (int64_t c = 0; c < I; ++c) {
-              dx[c] += gj * wc[c];
-              dxm[c] += gj * wm[c];
-              awc[c] += gj * x[c];
-              awm[c] += gj * xm[c];
+          for (int64_t c = 0; c < I; ++c) {
+            float ac = dx[c], am = dxm[c];
+            for (int64_t j = 0; j < G; ++j) {
+              ac += gr[j] * wc[j * I + c];
+              am += gr[j] * wm[j * I + c];
             }
-            gacc[2 * G * I + j] += gj;
+            dx[c] = ac;
+            dxm[c] = am;
           }
         }
         // SiLU of the conv: d pre = d x_c * silu'(pre)
@@ -1092,10 +1090,11 @@ std::vector<at::Tensor> mlstm_pre_bwd(const at::Tensor& dq_in, const at::Tensor&
   at::Tensor d_conv_w = at::from_blob(const_cast<float*>(conv), {K, I}, opts).t().contiguous();
   at::Tensor d_conv_b = at::from_blob(const_cast<float*>(conv + K * I), {I}, opts).clone();
   if (!G) return {d_up, d_state, d_conv_w, d_conv_b, d_wq, d_wk, d_wv};
-  const float* gsum = conv + (K + 1) * I;
-  at::Tensor d_gwc = at::from_blob(const_cast<float*>(gsum), {G, I}, opts).clone();
-  at::Tensor d_gwm = at::from_blob(const_cast<float*>(gsum + G * I), {G, I}, opts).clone();
-  at::Tensor d_gb = at::from_blob(const_cast<float*>(gsum + 2 * G * I), {G}, opts).clone();
+  // the gate weights' gradients: dg^T over all tokens times x_c and x_m (skinny products, one read of each)
+  at::Tensor dg_rows = dg.permute({1, 0, 2}).reshape({G, B * T});
+  at::Tensor d_gwc = at::mm(dg_rows, xc.view({B * T, I}));
+  at::Tensor d_gwm = at::mm(dg_rows, in.up.view({B * T, 2 * I}).narrow(1, 0, I));
+  at::Tensor d_gb = dg_rows.sum(1);
   return {d_up, d_state, d_conv_w, d_conv_b, d_wq, d_wk, d_wv, d_gwc, d_gwm, d_gb};
 }
 

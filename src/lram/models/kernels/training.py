@@ -104,3 +104,53 @@ def mlstm_post(h, xc, up, weight, skip, eps: float):
     (per-head LayerNorm(h) * weight + skip * x_c) * SiLU(z) [B, T, I] (z = up[..., I:]); one fused CPU op
     forward and backward."""
     return _MLSTMPost.apply(h, xc, up, weight, skip, eps)
+
+
+class _MLSTMLayerParallel(torch.autograd.Function):
+    """:func:`mlstm_pre`, the per-head parallel cell (``lram::mlstm_cell_fwd``) and :func:`mlstm_post` as one
+    autograd node, so the backward hands the post pass's d_up (its z half) to the pre pass, which fills the
+    x_m half in place instead of autograd adding two full [B, T, 2I] gradients."""
+
+    @staticmethod
+    def forward(ctx, up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w_c, gate_w_m, gate_b, norm_w, skip, num_heads: int,
+                eps: float, cell_eps: float, tile: int):
+        ops = torch.ops.lram
+        q, k, v, xc, gates = ops.mlstm_pre_fwd(up, state, conv_w, conv_b, w_q, w_k, w_v, num_heads, gate_w_c, gate_w_m,
+                                               gate_b)
+        B, NH, T, DH = q.shape
+        f = gates[:, NH:]
+        i = gates[:, :NH].reshape(B * NH, T)
+        b = torch.nn.functional.logsigmoid(f).cumsum(-1).reshape(B * NH, T)
+        qf, kf, vf = (t.view(B * NH, T, DH) for t in (q, k, v))
+        h, m, arg, r, den = ops.mlstm_cell_fwd(qf, kf, vf, i, b, DH**-0.5, cell_eps, tile)
+        y, mean, rstd = ops.mlstm_post_fwd(h.view(B, NH, T, DH), xc, up, norm_w, skip, eps)
+        ctx.save_for_backward(up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w_c, gate_w_m, norm_w, skip, qf, kf, vf, xc,
+                              f, i, b, h, m, arg, r, den, mean, rstd)
+        ctx.options = (num_heads, DH**-0.5, cell_eps, tile)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w_c, gate_w_m, norm_w, skip, qf, kf, vf, xc, f, i, b, h, m, arg,
+         r, den, mean, rstd) = ctx.saved_tensors
+        num_heads, scale, cell_eps, tile = ctx.options
+        ops = torch.ops.lram
+        B, NH, T = f.shape
+        shape = (B, NH, T, -1)
+        dh, dxc, d_up, d_norm_w, d_skip = ops.mlstm_post_bwd(dy, h.view(shape), xc, up, norm_w, skip, mean, rstd)
+        dq, dk, dv, di, db = ops.mlstm_cell_bwd(dh.view(h.shape), qf, kf, vf, i, b, h, m, arg, r, den, scale, cell_eps, tile)
+        dlf = db.view(B, NH, T).flip(-1).cumsum(-1).flip(-1) * torch.sigmoid(-f)
+        dg = torch.cat([di.view(B, NH, T), dlf], 1)
+        d_up, d_state, *d_weights = ops.mlstm_pre_bwd(dq.view(shape), dk.view(shape), dv.view(shape), dxc, xc, up, state,
+                                                      conv_w, conv_b, w_q, w_k, w_v, num_heads, dg, gate_w_c, gate_w_m,
+                                                      d_up)
+        return (d_up, d_state if ctx.needs_input_grad[1] else None, *d_weights, d_norm_w, d_skip, None, None, None, None)
+
+
+def mlstm_layer_parallel(up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w_c, gate_w_m, gate_b, norm_w, skip,
+                         num_heads: int, eps: float, cell_eps: float, tile: int):
+    """``mlstm_post(cell(mlstm_pre(...)), ...)`` for a training window from an empty memory with the per-head
+    parallel cell kernels: the down-projection's input [B, T, I]; one autograd node (see the class)."""
+    return _MLSTMLayerParallel.apply(up, state, conv_w, conv_b, w_q, w_k, w_v, gate_w_c, gate_w_m, gate_b, norm_w, skip,
+                                     num_heads, eps, cell_eps, tile)
