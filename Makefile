@@ -8,6 +8,10 @@ EXTRAS ?= dev
 # Procgen (procgen2 + gym3) declares numpy<2 but runs on numpy 2 through gym3, so it is installed with --no-deps
 # (pip extras cannot say that); `make setup PROCGEN=` skips it.  imageio is imported by gym3 at import time.
 PROCGEN ?= procgen2==0.10.7 gym3==0.3.3 gym==0.26.2 cffi==1.17.1 pycparser==2.23 imageio==2.38.1
+# MiniHack, the oracle of lram's Dark-Room (tests/test_minihack_darkroom.py): nle pins gymnasium==1.2.0 (lram pins 1.4.0,
+# on which it runs), so it is installed with --no-deps too; minihack 1.0.2 imports pkg_resources, which setuptools 82
+# removed (torch needs >=77.0.3).  nle's declared pybind11 is a build need only.  `make setup MINIHACK=` skips it.
+MINIHACK ?= nle==1.3.0 minihack==1.0.2 setuptools==80.10.2
 
 .PHONY: setup test demo bench lint proto clean
 
@@ -19,6 +23,7 @@ $(VENV)/.lram-installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	test -z "$(PROCGEN)" || $(BIN)/python -m pip install -q --no-deps $(PROCGEN)
+	test -z "$(MINIHACK)" || $(BIN)/python -m pip install -q --no-deps $(MINIHACK)
 	touch $@
 
 test: setup
