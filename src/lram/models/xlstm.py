@@ -276,10 +276,14 @@ class MLSTMLayer(nn.Module):
     def _folded_gate_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return fold_gate_weights(self.gates.weight, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)
 
-    def init_state(self, batch_size: int, device) -> dict[str, torch.Tensor]:
+    def init_state(self, batch_size: int, device, memory: bool = True) -> dict[str, torch.Tensor]:
+        """A fresh state; ``memory=False``: the matrix memory as a read-only zero view (for the parallel cell,
+        which starts from an empty memory and never reads it: no [B, NH, DH, DH] fill per window)."""
         nh, dh = self.num_heads, self.inner // self.num_heads
+        C = (torch.zeros(batch_size, nh, dh, dh, device=device) if memory
+             else torch.zeros((), device=device).expand(batch_size, nh, dh, dh))
         return {
-            "C": torch.zeros(batch_size, nh, dh, dh, device=device),
+            "C": C,
             "n": torch.zeros(batch_size, nh, dh, device=device),
             "m": torch.full((batch_size, nh), M_EMPTY, device=device),
             "conv": torch.zeros(batch_size, self.cfg.conv_kernel - 1, self.inner, device=device),
@@ -445,7 +449,10 @@ class XLSTMBackbone(Backbone):
 
     # ---------------------------------------------------------------- modes
     def _run(self, x, state: RecurrentState | None, chunk_size: int, kernel: Callable, return_state: bool):
-        tensors = state.tensors if state is not None else self._init_state(x.shape[0], x.device)
+        if state is not None:
+            tensors = state.tensors
+        else:
+            tensors = self._init_state(x.shape[0], x.device, memory=kernel not in (mlstm_parallel, mlstm_parallel_fused))
         new: dict[str, torch.Tensor] = {}
         for block, keys in zip(self.blocks, self._state_keys):
             x, st = block(x, {short: tensors[full] for full, short in keys}, chunk_size, kernel)
@@ -515,10 +522,13 @@ class XLSTMBackbone(Backbone):
             ))
         return args
 
-    def _init_state(self, batch_size, device):
+    def _init_state(self, batch_size, device, memory: bool = True):
         out = {}
         for j, block in enumerate(self.blocks):
-            for name, t in block.layer.init_state(batch_size, device).items():
+            layer = block.layer
+            states = layer.init_state(batch_size, device, memory) if isinstance(layer, MLSTMLayer) else \
+                layer.init_state(batch_size, device)
+            for name, t in states.items():
                 out[f"blocks.{j}.{name}"] = t
         return out
 
