@@ -64,7 +64,7 @@ def test_smoke_scale_runs_every_arm_and_resumes(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (root / "reports").glob("*.json") if p.name != "mamba-seed0.json"} == \
         {k: v for k, v in stamps.items() if k != "mamba-seed0.json"}
     with pytest.raises(SystemExit):
-        main(["backbones", "--scale", "paper", "--out", str(tmp_path)])
+        main(["backbones", "--scale", "huge", "--out", str(tmp_path)])
     assert "has scales" in capsys.readouterr().err
 
 

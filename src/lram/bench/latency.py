@@ -182,6 +182,47 @@ def library_step_benchmark(d_model: int, num_blocks: int, repeats: int, warmup: 
         return time_call(env_step, repeats, warmup)
 
 
+def measure_backbone(size: str, variant: str, contexts: Sequence[int], repeats: int, warmup: int,
+                     generator: torch.Generator, compile_step: bool = False, batch_sizes: Sequence[int] = (),
+                     throughput_contexts: Sequence[int] | None = None, bar=None) -> dict:
+    """One backbone at a size preset, randomly initialised: its floor, the batch-1 latency per context and (with
+    ``batch_sizes``) the throughput per batch size at ``throughput_contexts`` (default: ``contexts``)."""
+    overrides = {}
+    if variant == "transformer":  # learned positions must cover the longest history
+        longest = max([*contexts, *(throughput_contexts or ())])
+        overrides["backbone_options"] = {"max_positions": (longest + warmup + repeats + 2) * 3}
+    torch.manual_seed(0)
+    model = LRAMPolicy(LRAMConfig.from_preset(size, variant, use_images=False, **overrides)).eval()
+    floor = floor_benchmark(step_weight_shapes(model), 3, repeats, warmup)
+    if bar is not None:
+        bar.update(1)
+    entry = {"params_total": model.num_parameters(), "step_weights": floor["weights"], "floor": floor,
+             "compiled": compile_step, "per_context": {}}
+    obs = torch.randn(1, model.config.state_dim, generator=generator)
+    zero, rtg = torch.zeros(1), torch.ones(1)
+    # one agent per model: a compiled step is compiled once and serves every context length
+    agent = model.make_agent(1, discrete=False, action_dims=6, reward_scale=100.0, compile=compile_step)
+    # the agent prepares the model for inference (lram's fused CPU kernels where they apply): record which
+    entry["implementation"] = getattr(agent, "implementation", None)
+    for C in contexts:
+        how = _fill_state(model, agent, C, warmup + repeats + 1, generator)
+        env_step = functools.partial(agent.act, obs, zero, rtg)
+        with torch.inference_mode(), validation("full"):
+            timing = time_call(env_step, repeats, warmup + (3 if compile_step else 0))
+        timing["history"] = how
+        timing["ratio_to_floor"] = timing["median_ms"] / floor["median_ms"]
+        if "kernel_ms" in floor:
+            timing["ratio_to_kernel_floor"] = timing["median_ms"] / floor["kernel_ms"]
+        entry["per_context"][str(C)] = timing
+        if bar is not None:
+            bar.update(1)
+    if batch_sizes and not compile_step:
+        entry["throughput"] = throughput_benchmark(model, batch_sizes, contexts if throughput_contexts is None
+                                                   else throughput_contexts, repeats, warmup, generator,
+                                                   memory_budget=_memory_bytes() // 2)
+    return entry
+
+
 def run(
     size: str = "16M",
     backbones: Sequence[str] = DEFAULT_BACKBONES,
@@ -209,35 +250,7 @@ def run(
     runs = [(v, False) for v in backbones] + [(v, True) for v in compiled]
     bar = tqdm(total=len(runs) * (len(contexts) + 1), desc="latency", disable=not progress)
     for variant, compile_step in runs:
-        overrides = {}
-        if variant == "transformer":  # learned positions must cover the longest history
-            overrides["backbone_options"] = {"max_positions": (max(contexts) + warmup + repeats + 2) * 3}
-        torch.manual_seed(0)
-        model = LRAMPolicy(LRAMConfig.from_preset(size, variant, use_images=False, **overrides)).eval()
-        floor = floor_benchmark(step_weight_shapes(model), 3, repeats, warmup)
-        bar.update(1)
-        entry = {"params_total": model.num_parameters(), "step_weights": floor["weights"], "floor": floor,
-                 "compiled": compile_step, "per_context": {}}
-        obs = torch.randn(1, model.config.state_dim, generator=gen)
-        zero, rtg = torch.zeros(1), torch.ones(1)
-        # one agent per model: a compiled step is compiled once and serves every context length
-        agent = model.make_agent(1, discrete=False, action_dims=6, reward_scale=100.0, compile=compile_step)
-        # the agent prepares the model for inference (lram's fused CPU kernels where they apply): record which
-        entry["implementation"] = getattr(agent, "implementation", None)
-        for C in contexts:
-            how = _fill_state(model, agent, C, warmup + repeats + 1, gen)
-            env_step = functools.partial(agent.act, obs, zero, rtg)
-            with torch.inference_mode(), validation("full"):
-                timing = time_call(env_step, repeats, warmup + (3 if compile_step else 0))
-            timing["history"] = how
-            timing["ratio_to_floor"] = timing["median_ms"] / floor["median_ms"]
-            if "kernel_ms" in floor:
-                timing["ratio_to_kernel_floor"] = timing["median_ms"] / floor["kernel_ms"]
-            entry["per_context"][str(C)] = timing
-            bar.update(1)
-        if batch_sizes and not compile_step:
-            entry["throughput"] = throughput_benchmark(model, batch_sizes, contexts, repeats, warmup, gen,
-                                                       memory_budget=_memory_bytes() // 2)
+        entry = measure_backbone(size, variant, contexts, repeats, warmup, gen, compile_step, batch_sizes, bar=bar)
         results["backbones"][variant + (" compiled" if compile_step else "")] = entry
     bar.close()
     lib = library_step_benchmark(preset.d_model, preset.recurrent_blocks, repeats, warmup)

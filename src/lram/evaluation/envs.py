@@ -7,6 +7,7 @@ preprocessing as the generators), so a policy trained on the data can act in it:
 domain      task folder (as the generators name)   environment
 =========== ===================================== =============================================================
 darkroom    ``darkroom_<gx>_<gy>`` (``darkroomN_``) :class:`lram.envs.darkroom.DarkRoom` with that goal
+            (``darkroomNtT_``: N x N, T steps)
 metaworld   ``reach-v3`` ...                       :func:`lram.envs.metaworld.make_metaworld_env` (200 steps)
 dmcontrol   ``walker-run`` ...                     :class:`lram.envs.dmcontrol.DMControlEnv` (204-d, 1000 steps)
 atari       ``atari-freeway`` ...                  :func:`lram.envs.atari.make_atari_env` (paper preprocessing)
@@ -27,11 +28,11 @@ import gymnasium as gym
 def _darkroom(task: str, seed: int) -> gym.Env:
     from lram.envs.darkroom import DarkRoom
 
-    m = re.fullmatch(r"darkroom(\d*)_(\d+)_(\d+)", task)
+    m = re.fullmatch(r"darkroom(?:(\d+)(?:t(\d+))?)?_(\d+)_(\d+)", task)
     if m is None:
         raise ValueError(f"task: expected a Dark-Room task folder 'darkroom_<gx>_<gy>', got {task!r}")
-    size = int(m.group(1) or 10)
-    return DarkRoom(size=size, goal=(int(m.group(2)), int(m.group(3))))
+    size, max_steps = int(m.group(1) or 10), int(m.group(2) or 100)
+    return DarkRoom(size=size, goal=(int(m.group(3)), int(m.group(4))), max_steps=max_steps)
 
 
 def _metaworld(task: str, seed: int) -> gym.Env:

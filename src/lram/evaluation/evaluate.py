@@ -85,12 +85,12 @@ def _task_plan(registry: dict, domains: Sequence[str], tasks: Sequence[str] | No
 
 def evaluate_one(policy, domain: DomainSpec, task: str, target: float | None = None, *, episodes: int, num_envs: int,
                  seed: int, max_steps: int | None, random_baseline: bool, progress: bool = False,
-                 in_context_envs: int = 1) -> dict:
+                 in_context_envs: int = 1, window: int | None = None) -> dict:
     """One task of a domain: the report row (summary, episodes, baseline); the evaluation core of ``lram eval``
     and of rollouts during training.  ``target``: the return to condition on (default the task's best in the
     data, a held-out task the domain's best).  In-context domains run ``in_context_envs`` environments (default
     1), each through consecutive episodes on one recurrent state, so that the policy can use what it found in
-    earlier episodes."""
+    earlier episodes.  ``window``: act on the last ``window`` timesteps (see :func:`evaluate_task`)."""
     d = domain.name
     if domain.in_context:
         num_envs = max(1, in_context_envs)
@@ -98,7 +98,7 @@ def evaluate_one(policy, domain: DomainSpec, task: str, target: float | None = N
     t0 = time.perf_counter()
     results = evaluate_task(policy, lambda i: make_eval_env(d, task, seed + i), domain, task,
                             episodes=episodes, target_return=target, num_envs=num_envs, seed=seed, max_steps=max_steps,
-                            progress=progress, desc=f"{d}/{task}")
+                            progress=progress, desc=f"{d}/{task}", window=window)
     rand = random_policy_returns(d, task, episodes, seed, max_steps) if random_baseline else None
     return task_row(results, target, rand, task in domain.tasks, time.perf_counter() - t0)
 
@@ -135,10 +135,13 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
                         episodes: int = 5, num_envs: int = 5, in_context_envs: int = 1, seed: int = 0,
                         target_return: float | None = None,
                         random_baseline: bool = False, max_steps: int | None = None, device: str = "cpu",
-                        workers: int = 1, out: str | Path | None = None, progress: bool = True) -> dict:
+                        workers: int = 1, out: str | Path | None = None, progress: bool = True,
+                        window: int | None = None) -> dict:
     """Evaluate the checkpoint at ``path`` (a run or checkpoint folder); returns (and writes to ``out``) a
     report: per task the episodes and their summary, per domain and overall the mean normalised score.
-    ``workers > 1`` spreads the tasks over that many processes (same results: seeds are per episode)."""
+    ``workers > 1`` spreads the tasks over that many processes (same results: seeds are per episode).
+    ``window``: act on the last ``window`` timesteps, re-processed every step (the paper's protocol), instead
+    of carrying the whole history in the recurrent state."""
     policy = load_pretrained(path, device)
     registry = policy.domains
     if not registry:
@@ -154,7 +157,7 @@ def evaluate_checkpoint(path: str | Path, *, domains: Sequence[str] | None = Non
             target = float(target_return if target_return is not None else entry.default_target(task))
             jobs.append((entry, task, target))
     options = {"episodes": episodes, "num_envs": num_envs, "in_context_envs": in_context_envs, "seed": seed,
-               "max_steps": max_steps,
+               "max_steps": max_steps, "window": window,
                "random_baseline": random_baseline}
     rows: dict[tuple[str, str], dict] = {}
     if workers <= 1 or len(jobs) <= 1:

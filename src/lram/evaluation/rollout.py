@@ -50,10 +50,12 @@ def _observation(obs) -> torch.Tensor:
 
 def evaluate_task(policy, make_env: Callable[[int], gym.Env], domain: DomainSpec, task: str, *,
                   episodes: int, target_return: float, num_envs: int = 1, seed: int = 0, max_steps: int | None = None,
-                  progress: bool = False, desc: str = "eval") -> list[EpisodeResult]:
+                  progress: bool = False, desc: str = "eval", window: int | None = None) -> list[EpisodeResult]:
     """Run ``episodes`` episodes of one task of ``domain`` with ``num_envs`` environments made by
     ``make_env(index)``; returns the episodes in index order.  ``max_steps`` cuts episodes (None: the env's
-    own limit).  A task outside the domain's data (held out) takes its action layout from the environment."""
+    own limit).  A task outside the domain's data (held out) takes its action layout from the environment.
+    ``window``: act on the last ``window`` timesteps only, re-processed every step (the paper's protocol;
+    :class:`lram.evaluation.window.WindowAgent`) instead of one recurrent step over the whole history."""
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
     if num_envs < 1:
@@ -62,7 +64,12 @@ def evaluate_task(policy, make_env: Callable[[int], gym.Env], domain: DomainSpec
     envs = [make_env(i) for i in range(n)]
     try:
         spec = domain.task_for(task, envs[0].action_space)
-        agent = RecurrentAgent.for_task(policy, domain, spec, n)
+        if window is None:
+            agent = RecurrentAgent.for_task(policy, domain, spec, n)
+        else:
+            from lram.evaluation.window import WindowAgent
+
+            agent = WindowAgent.for_task(policy, domain, spec, n, window=window)
         driver = EpisodeDriver(agent, target_return, in_context=domain.in_context,
                                return_condition=domain.return_condition)
         results: dict[int, EpisodeResult] = {}

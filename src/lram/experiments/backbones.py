@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lram.experiments.core import Arm, Experiment, Scale
+from lram.experiments.core import Arm, Experiment, Launch, Scale
 
 BACKBONES = ("xlstm[1:0]", "xlstm[7:1]", "mamba", "transformer")
 
@@ -34,6 +34,9 @@ class Backbones(Experiment):
         "cpu": Scale(size="tiny", train_steps=1500, batch_size=16, context=30, seeds=(0, 1, 2), eval_episodes=10,
                      data={"metaworld_tasks": ("reach-v3", "button-press-topdown-v3", "drawer-close-v3"),
                            "metaworld_episodes": 100, "darkroom_goals": 40, "darkroom_episodes": 10}),
+        # the paper (spec 4.5, 5.1): configs/paper/BACKBONE_206M.yaml (six domains, 432 tasks, C = 50, 33,334
+        # optimizer steps of 6 x 128 windows on 4 A100s), 3 seeds, 5 episodes per task; written, not run here
+        "paper": Scale(size="206M", seeds=(0, 1, 2), eval_episodes=5, eval_workers=8, launch=Launch()),
     }
 
     def make_data(self, root: Path, scale: Scale, progress: bool) -> list[str]:

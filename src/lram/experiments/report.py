@@ -27,12 +27,15 @@ def write_results_doc(results_root: str | Path, out: str | Path) -> Path:
         lines.append(f"No experiment has been run yet (nothing under `{results_root}`).")
     for path in found:
         res = json.loads(path.read_text())
-        exp = EXPERIMENTS.get(res["experiment"])
-        verdict = exp().verdict(res) if exp is not None else "unknown experiment"
-        lines += [f"## {res['experiment']}", "", f"Command: `lram experiment {res['experiment']} --scale {res['scale']}`",
-                  "", format_table(res, exp() if exp else None).split("\n", 2)[2].strip(), "", *([exp.notes, ""] if exp and exp.notes else []),
+        name = res["experiment"]
+        exp = EXPERIMENTS[name]() if name in EXPERIMENTS else None
+        verdict = exp.verdict(res) if exp is not None else "unknown experiment"
+        collect = " --collect" if res["scale"] == "paper" else ""
+        table = format_table(res, exp).split("\n", 2)[2].strip()
+        lines += [f"## {name}", "", f"Command: `lram experiment {name} --scale {res['scale']}{collect}`", "", table, "",
+                  *([exp.notes, ""] if exp is not None and exp.notes else []),
                   f"**Verdict ({res['scale']} scale):** {verdict}", ""]
-        for png in [path.parent / f"{res['experiment']}.png", *sorted(path.parent.glob(f"{res['experiment']}-*.png"))]:
+        for png in [path.parent / f"{name}.png", *sorted(path.parent.glob(f"{name}-*.png"))]:
             if png.exists():
                 lines += [f"![{png.stem}]({os.path.relpath(png, out.parent)})", ""]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,9 @@ class LoopConfig:
     steps: int = 1000  # optimizer steps (the cosine schedule ends here)
     stop_after: int = 0  # stop at this step without changing the schedule (0: at `steps`); resume later
     seed: int = 0
+    # start from the weights of this checkpoint (a run or checkpoint folder; fine-tuning): weights only, a fresh
+    # optimizer and schedule; the model config must match it; "" = random initialisation
+    init_from: str = ""
     device: str = "auto"  # auto, cpu, cuda
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32
     compile: bool = False

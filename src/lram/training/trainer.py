@@ -29,7 +29,7 @@ from lram.data.sampler import DomainData, SamplerConfig, SamplerDataset, WindowS
 from lram.models.domain import DomainSpec
 from lram.models.policy import LRAMPolicy, TrajectoryBatch
 from lram.training.checkpoint import resumable_checkpoint, save_checkpoint
-from lram.training.config import Config, config_from_dict
+from lram.training.config import Config, ConfigError, config_from_dict
 from lram.utils.checks import validation
 from lram.utils.io import write_json_atomic
 
@@ -96,6 +96,63 @@ def open_domains(cfg: Config) -> list[DomainData]:
 def domain_specs(domains: list[DomainData]) -> list[DomainSpec]:
     """What a checkpoint records about each domain (everything needed to act), built once from the data."""
     return [DomainSpec.from_data(d) for d in domains]
+
+
+# ----------------------------------------------------------------------------- starting from a checkpoint
+# model-config fields that change how a policy decodes or what its loss targets are, not its weights
+WEIGHT_FREE_FIELDS = ("bin_decode", "continuous_decode", "label_sigma_bins")
+
+
+def initial_checkpoint(path: str | Path) -> tuple[Path, dict]:
+    """The checkpoint folder ``train.init_from`` names (a run's newest, or the folder itself) and its
+    verified metadata; ConfigError when there is none or it is damaged."""
+    from lram.models.persistence import CheckpointError, resolve_checkpoint, verify_checkpoint
+
+    try:
+        folder = resolve_checkpoint(path)
+        return folder, verify_checkpoint(folder)
+    except CheckpointError as e:
+        raise ConfigError(f"train.init_from: {e}") from None
+
+
+def adopt_state_statistics(domains: list[DomainData], meta: dict) -> None:
+    """Vector domains the checkpoint was trained on keep its input convention (its state standardisation, or
+    raw states), whatever ``data.normalize_states`` says: the inputs its encoder learned."""
+    from lram.models.domain import domain_specs as specs_by_name
+
+    known = specs_by_name(meta.get("domains") or [])
+    for d in domains:
+        spec = known.get(d.name)
+        if spec is None or len(d.tasks[0].obs_shape) != 1:
+            continue
+        if spec.state_mean is None:
+            d.state_mean = d.state_std = None
+            continue
+        width = max(int(t.obs_shape[0]) for t in d.tasks)
+        if len(spec.state_mean) < width:
+            raise ConfigError(f"train.init_from: domain {d.name!r} has {width}-d states here, but the checkpoint's "
+                              f"standardisation covers {len(spec.state_mean)}")
+        d.state_mean = np.asarray(spec.state_mean, dtype=np.float32)
+        d.state_std = np.asarray(spec.state_std, dtype=np.float32)
+
+
+def load_initial_weights(model: LRAMPolicy, folder: Path, meta: dict) -> None:
+    """Copy a checkpoint's weights into ``model``; ConfigError naming the model fields that differ when the
+    checkpoint's architecture is not the model's."""
+    from safetensors.torch import load_file
+
+    from lram.models.policy import LRAMConfig
+
+    theirs, ours = LRAMConfig.from_dict(meta["config"]).to_dict(), model.config.to_dict()
+    differ = [k for k in ours if k not in WEIGHT_FREE_FIELDS and theirs[k] != ours[k]]
+    if differ:
+        raise ConfigError(f"train.init_from: {folder} holds another architecture: "
+                          + "; ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in differ)
+                          + " (set model.* to the checkpoint's: model.size, model.backbone, ...)")
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"))
+    except RuntimeError as e:
+        raise ConfigError(f"train.init_from: the weights in {folder} do not fit the model: {e}") from None
 
 
 class MetricsLog:
@@ -182,10 +239,14 @@ class Trainer:
         self.run_dir = Path(cfg.logging.run_dir)
         # --- data
         self.domains = open_domains(cfg)
+        init = initial_checkpoint(cfg.train.init_from) if cfg.train.init_from else None
+        if init is not None:
+            adopt_state_statistics(self.domains, init[1])
         self.specs = domain_specs(self.domains)  # what checkpoints record and rollouts act by
         scfg = SamplerConfig(context=cfg.data.context, batch_size=cfg.data.batch_size, seed=cfg.train.seed,
                              domain_order=cfg.data.domain_order, domain_weights=cfg.data.domain_weights,
-                             within=cfg.data.within, valid_fraction=cfg.data.valid_fraction)
+                             within=cfg.data.within, valid_fraction=cfg.data.valid_fraction,
+                             max_act_dim=cfg.model.max_act_dim)
         self.sampler = WindowSampler(self.domains, scfg, "train", self.rank, self.world)
         self.valid_sampler = None
         if cfg.data.valid_fraction > 0:
@@ -198,7 +259,10 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         mcfg = cfg.model
         any_images = any(len(d.tasks[0].obs_shape) == 3 for d in self.domains)
-        self.model = LRAMPolicy(mcfg.build(use_images=mcfg.use_images and any_images)).to(self.device)
+        use_images = mcfg.use_images and any_images
+        if init is not None and init[1]["config"].get("use_images") and not any_images:
+            use_images = True  # the checkpoint's image encoder is kept (idle on vector-only data)
+        self.model = LRAMPolicy(mcfg.build(use_images=use_images)).to(self.device)
         self.step = 0
         found = resumable_checkpoint(self.run_dir) if resume else None
         if resume and found is None and self.is_main:
@@ -208,6 +272,10 @@ class Trainer:
             from safetensors.torch import load_file
 
             self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
+        elif init is not None:  # a new run from given weights (fine-tuning); resuming takes the run's own
+            load_initial_weights(self.model, *init)
+            if self.is_main:
+                print(f"initialised from {init[0]} (step {init[1].get('step')}): weights only, fresh optimizer")
         self.fsdp = self.distributed and cfg.train.distributed == "fsdp"
         if self.fsdp:  # shard parameters, gradients and optimizer state: each block, then the rest
             from torch.distributed.device_mesh import init_device_mesh
@@ -226,7 +294,7 @@ class Trainer:
             kinds = {len(d.tasks[0].obs_shape) for d in self.domains}  # image and vector domains: encoders idle
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=len(kinds) > 1)
+                find_unused_parameters=len(kinds) > 1 or (use_images and not any_images))
         self.forward_model = torch.compile(self.ddp_model) if cfg.train.compile else self.ddp_model
         self.log = MetricsLog(self.run_dir, cfg, self.is_main)
 

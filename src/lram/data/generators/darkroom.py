@@ -25,7 +25,8 @@ Layout (the paper's per-episode layout, written by ``lram.data.storage.PaperWrit
     <out_dir>/darkroom_<gx>_<gy>/<k>.npz|.hdf5   episode k of the goal's history (k = 0, 1, ...; plain integers)
     <out_dir>/darkroom_<gx>_<gy>/generator.json  the settings, "complete" and the history's statistics
 
-(``darkroom<size>_<gx>_<gy>`` for rooms other than 10x10.)  LRAM's own files are one pickle per goal named
+(``darkroom<size>_<gx>_<gy>`` for rooms other than 10x10, ``darkroom<size>t<max_steps>_<gx>_<gy>`` for episodes
+of other than 100 steps: :func:`task_name`.)  LRAM's own files are one pickle per goal named
 ``[0,0]_[gx,gy].pkl``; brackets are glob characters, hence the plain name.  Each episode has states float32
 [T, 2] = (x, y), actions int64 [T], rewards float32 [T], dones (True at the last step), returns-to-go and
 ``info = {"goal": [gx, gy], "episode_index": k}``; T = 100 in the dense variant.
@@ -113,9 +114,13 @@ class LearnerConfig:
             raise ValueError(f"noise: expected a probability in [0, 1], got {self.noise!r}")
 
 
-def task_name(goal: Sequence[int], size: int = 10) -> str:
-    """The task folder of a goal: ``darkroom_<gx>_<gy>`` (``darkroom<size>_<gx>_<gy>`` if size != 10)."""
-    room = "darkroom" if size == 10 else f"darkroom{size}"
+def task_name(goal: Sequence[int], size: int = 10, max_steps: int = 100) -> str:
+    """The task folder of a goal: ``darkroom_<gx>_<gy>`` in the 10x10 room with 100-step episodes, else
+    ``darkroom<size>_<gx>_<gy>`` (other sizes) and ``darkroom<size>t<max_steps>_<gx>_<gy>`` (other episode
+    lengths), so that the evaluation environment built from the name is the one the data came from."""
+    room = "darkroom" if size == 10 and max_steps == 100 else f"darkroom{size}"
+    if max_steps != 100:
+        room += f"t{max_steps}"
     return f"{room}_{int(goal[0])}_{int(goal[1])}"
 
 
@@ -346,7 +351,7 @@ class _Job:
 
 def _run_job(job: _Job, report: Callable[[int], None]) -> dict[str, dict]:
     """Simulate the histories of ``job.goals`` together and write their missing episodes; mark them complete."""
-    names = [task_name(g, job.size) for g in job.goals]
+    names = [task_name(g, job.size, job.max_steps) for g in job.goals]
     dirs = [job.out_dir / name for name in names]
     learners = _agents(job.goals, job.episodes, job.config, job.seed, job.size, job.max_steps, job.variant, job.start)
     n = len(job.goals)
@@ -447,7 +452,7 @@ def generate_learning_histories(
     summary: dict[str, dict] = {}
     todo: list[tuple[tuple[int, int], dict]] = []
     for goal in goal_list:
-        name = task_name(goal, size)
+        name = task_name(goal, size, max_steps)
         settings = {
             "generator": GENERATOR, "goal": list(goal), "size": size, "max_steps": max_steps, "variant": variant,
             "start": list(start), "episodes": episodes, "seed": seed, "learner": asdict(config), "format": fmt,
@@ -488,7 +493,8 @@ def generate_learning_histories(
                         bar.update(q.get_nowait())
                     except queue_mod.Empty:
                         break
-    return {task_name(g, size): summary[task_name(g, size)] for g in goal_list}
+    names = {g: task_name(g, size, max_steps) for g in goal_list}
+    return {names[g]: summary[names[g]] for g in goal_list}
 
 
 def format_summary(summary: dict[str, dict]) -> str:
