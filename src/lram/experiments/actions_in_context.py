@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lram.experiments.core import Arm, Experiment, Scale
+from lram.experiments.core import Arm, Experiment, Scale, ci_verdict
 
 GROUPS = {"no-actions": "false", "with-actions": "true"}  # group suffix -> model.action_condition
 MAX_ACT_DIM = 4  # the widest action here (Meta-World's); DMControl's tasks here have 1-2 dims
@@ -48,15 +48,6 @@ def domain_means(per_task: dict[str, dict], key: str) -> dict[str, float]:
     """The mean of ``key`` over each domain's tasks."""
     domains = sorted({t.split("/", 1)[0] for t in per_task})
     return {d: float(np.mean([v[key] for t, v in per_task.items() if t.startswith(d + "/")])) for d in domains}
-
-
-def separated(a: dict, b: dict) -> str:
-    """'above' when group ``a``'s IQM CI lies wholly above ``b``'s, 'below' when wholly below, else 'overlap'."""
-    if a["iqm_ci"][0] > b["iqm_ci"][1]:
-        return "above"
-    if a["iqm_ci"][1] < b["iqm_ci"][0]:
-        return "below"
-    return "overlap"
 
 
 def _dmcontrol_task(argv: list[str]) -> None:
@@ -196,11 +187,5 @@ class ActionsInContext(Experiment):
                f"{wa['iqm']:.3f} [{wa['iqm_ci'][0]:.3f}, {wa['iqm_ci'][1]:.3f}] (per domain, means: {per_domain})")
         if results["scale"] == "smoke":
             return f"not a result (smoke scale: a few steps); {fig}"
-        side = separated(no, wa)
-        if side == "above":
-            return f"agrees: {fig}"
-        if side == "overlap" and no["iqm"] > wa["iqm"]:
-            return f"partly: {fig} (higher without actions, CIs overlap)"
-        if side == "overlap":
-            return f"disagrees: {fig} (no gain from removing actions; CIs overlap)"
-        return f"disagrees: {fig} (with actions is better)"
+        return ci_verdict(no, wa, fig, higher="higher without actions", no_gain="no gain from removing actions",
+                          worse="with actions is better")

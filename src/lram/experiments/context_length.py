@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lram.experiments.actions_in_context import separated
-from lram.experiments.core import Arm, Experiment, Scale
+from lram.experiments.core import Arm, Experiment, Scale, ci_verdict
 
 
 def group_name(backbone: str, context: int) -> str:
@@ -139,11 +138,5 @@ class ContextLength(Experiment):
                f"{short['iqm_ci'][1]:.3f}] (curve: {curve})")
         if results["scale"] == "smoke":
             return f"not a result (smoke scale: a few steps); {fig}"
-        side = separated(long, short)
-        if side == "above":
-            return f"agrees: {fig}"
-        if side == "overlap" and long["iqm"] > short["iqm"]:
-            return f"partly: {fig} (higher at the longest context, CIs overlap)"
-        if side == "overlap":
-            return f"disagrees: {fig} (no gain from a longer context; CIs overlap)"
-        return f"disagrees: {fig} (the shortest context is better)"
+        return ci_verdict(long, short, fig, higher="higher at the longest context",
+                          no_gain="no gain from a longer context", worse="the shortest context is better")

@@ -171,6 +171,28 @@ class Experiment:
         return []
 
 
+def separated(a: dict, b: dict) -> str:
+    """'above' when group ``a``'s IQM CI lies wholly above ``b``'s, 'below' when wholly below, else 'overlap'."""
+    if a["iqm_ci"][0] > b["iqm_ci"][1]:
+        return "above"
+    if a["iqm_ci"][1] < b["iqm_ci"][0]:
+        return "below"
+    return "overlap"
+
+
+def ci_verdict(a: dict, b: dict, fig: str, higher: str, no_gain: str, worse: str) -> str:
+    """The verdict on a claim that group ``a`` beats group ``b``: agrees when a's IQM CI lies above b's, partly
+    when they overlap with a's IQM higher, disagrees otherwise (the reasons named by the caller)."""
+    side = separated(a, b)
+    if side == "above":
+        return f"agrees: {fig}"
+    if side == "overlap" and a["iqm"] > b["iqm"]:
+        return f"partly: {fig} ({higher}, CIs overlap)"
+    if side == "overlap":
+        return f"disagrees: {fig} ({no_gain}; CIs overlap)"
+    return f"disagrees: {fig} ({worse})"
+
+
 def final_step(run: Path) -> int | None:
     """The step of a run's newest checkpoint (None: no checkpoint)."""
     from lram.models.persistence import CheckpointError, checkpoint_folders, read_metadata

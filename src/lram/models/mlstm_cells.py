@@ -157,6 +157,15 @@ class _MLSTMParallel(torch.autograd.Function):
         return dq, dk, dv, di, dlf * torch.sigmoid(-f), None
 
 
+def cell_input_grads(dq, dk, dv, di, db, f):
+    """The parallel cell's input gradients in the [B, NH, T, ...] layout from its kernels' [B NH, T, ...] ones;
+    db (the gradient of b = cumsum(log sigmoid f)) mapped to f."""
+    B, NH, T = f.shape
+    dlf = db.view(B, NH, T).flip(-1).cumsum(-1).flip(-1)
+    shape = (B, NH, T, -1)
+    return dq.view(shape), dk.view(shape), dv.view(shape), di.view(B, NH, T), dlf * torch.sigmoid(-f)
+
+
 class _MLSTMParallelFused(torch.autograd.Function):
     """:class:`_MLSTMParallel` with its gate-matrix passes fused into two CPU kernels
     (``lram::mlstm_gates_fwd`` / ``mlstm_gates_bwd``: the decay matrix, stabiliser, S = S_raw * D and its
@@ -194,9 +203,7 @@ class _MLSTMParallelFused(torch.autograd.Function):
         ds_raw, di, db = torch.ops.lram.mlstm_gates_bwd(ds, s, d, dr, dm, arg, ctx.scale)  # scale folded in
         dq = torch.bmm(ds_raw, kf)
         dk = torch.bmm(ds_raw.transpose(1, 2), qf)
-        dlf = db.view(B, NH, T).flip(-1).cumsum(-1).flip(-1)
-        shape = (B, NH, T, -1)
-        return dq.view(shape), dk.view(shape), dv.view(shape), di.view(B, NH, T), dlf * torch.sigmoid(-f), None
+        return (*cell_input_grads(dq, dk, dv, di, db, f), None)
 
 
 class _MLSTMParallelCell(torch.autograd.Function):
@@ -224,9 +231,7 @@ class _MLSTMParallelCell(torch.autograd.Function):
         B, NH, T = f.shape
         dq, dk, dv, di, db = torch.ops.lram.mlstm_cell_bwd(dh.reshape(h.shape).contiguous(), qf, kf, vf, i2, b, h, m, arg,
                                                            r, den, ctx.scale, ctx.eps, ctx.tile)
-        dlf = db.view(B, NH, T).flip(-1).cumsum(-1).flip(-1)
-        shape = (B, NH, T, -1)
-        return dq.view(shape), dk.view(shape), dv.view(shape), di.view(B, NH, T), dlf * torch.sigmoid(-f), None, None
+        return (*cell_input_grads(dq, dk, dv, di, db, f), None, None)
 
 
 CELL_TILE = 32  # row tiles of the per-head products (tokens): blocks above the diagonal are skipped

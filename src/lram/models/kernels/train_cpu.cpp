@@ -380,6 +380,69 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv_bwd(
 
 // ------------------------------------------------------------------------------------------ mLSTM cell
 
+// S <- scale * S_raw * D (lower triangle, 0 above) with D = exp(a_s - run_t), a = i - b; fills D too when given.
+// Returns the row sums in r and, when m/arg are given, the stabiliser m_t = b_t + run_t and its arg-max.
+inline void cell_gates(float* S, float* D, const float* ih, const float* bh, float* a, int64_t T, float scale, float* r,
+                       float* m, int64_t* arg) {
+  for (int64_t s = 0; s < T; ++s) a[s] = ih[s] - bh[s];
+  float run = -INFINITY;
+  int64_t at_ = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (a[t] > run) { run = a[t]; at_ = t; }  // first maximum, as torch.max
+    if (m) {
+      m[t] = bh[t] + run;
+      arg[t] = at_;
+    }
+    float* __restrict srow = S + t * T;
+    float* __restrict drow = D + t * T;
+    const float* __restrict av = a;
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t s = 0; s <= t; ++s) {
+      const float dv = exp_approx(av[s] - run);
+      drow[s] = dv;
+      const float sv = srow[s] * scale * dv;
+      srow[s] = sv;
+      acc += sv;
+    }
+    for (int64_t s = t + 1; s < T; ++s) drow[s] = srow[s] = 0.0f;
+    r[t] = acc;
+  }
+}
+
+// The gate pass backward of one head: with ds = d loss / d S (from the products), dr, dm = d loss / d r, d m through
+// the normaliser: out = scale * (ds + dr) * D (the gradient of the unscaled q k^T; out may be ds itself), and
+// d log D = (ds + dr) * S summed into the gradients of i (di) and of b = cumsum(log sigmoid f) (db), the
+// stabiliser's gradient to each row's arg-max.  col: T floats of scratch.
+inline void cell_gates_backward(const float* ds, float* out, const float* S, const float* D, const float* dr,
+                                const float* dm, const int64_t* arg, int64_t T, float scale, float* col, float* di,
+                                float* db) {
+  std::fill(col, col + T, 0.0f);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* g = ds + t * T;
+    float* o = out + t * T;
+    const float* __restrict sr = S + t * T;
+    const float* __restrict drow = D + t * T;
+    const float add = dr[t];
+    float row = 0.0f;
+#pragma omp simd reduction(+ : row)
+    for (int64_t s2 = 0; s2 <= t; ++s2) {
+      const float gg = g[s2] + add;
+      o[s2] = gg * drow[s2] * scale;
+      const float gl = gg * sr[s2];
+      row += gl;
+      col[s2] += gl;
+    }
+    for (int64_t s2 = t + 1; s2 < T; ++s2) o[s2] = 0.0f;
+    col[arg[t]] += dm[t] - row;  // m_t = max_s log D[t, s]: its gradient goes to the arg-max entry
+    db[t] = dm[t];
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    di[t] = col[t];
+    db[t] -= col[t];
+  }
+}
+
 // Forward gate pass of the parallel mLSTM cell for every head (rows of [H, T, T] matrices):
 // log D[t, s] = b_t - b_s + i_s (s <= t) with b = cumsum(log sigmoid f); m_t = max_s log D[t, s] is a prefix
 // maximum of a_s = i_s - b_s; D = exp(log D - m) (0 above the diagonal); S = scale * S_raw * D in place; r_t = sum_s S.
@@ -403,31 +466,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlstm_gates_fwd(at::T
   const float fscale = static_cast<float>(scale);
   at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
     std::vector<float> a(T);
-    for (int64_t h = h0; h < h1; ++h) {
-      const float *bh = bp + h * T, *ih = ip + h * T;
-      for (int64_t s = 0; s < T; ++s) a[s] = ih[s] - bh[s];
-      float run = -INFINITY;
-      int64_t at_ = 0;
-      for (int64_t t = 0; t < T; ++t) {
-        if (a[t] > run) { run = a[t]; at_ = t; }  // first maximum, as torch.max
-        mp[h * T + t] = bh[t] + run;
-        ap[h * T + t] = at_;
-        float* __restrict srow = sp + (h * T + t) * T;
-        float* __restrict drow = dp + (h * T + t) * T;
-        float acc = 0.0f;
-        const float* __restrict av = a.data();
-#pragma omp simd reduction(+ : acc)
-        for (int64_t s = 0; s <= t; ++s) {
-          const float dv = exp_approx(av[s] - run);
-          drow[s] = dv;
-          const float sv = srow[s] * fscale * dv;
-          srow[s] = sv;
-          acc += sv;
-        }
-        for (int64_t s = t + 1; s < T; ++s) drow[s] = srow[s] = 0.0f;
-        rp[h * T + t] = acc;
-      }
-    }
+    for (int64_t h = h0; h < h1; ++h)
+      cell_gates(sp + h * T * T, dp + h * T * T, ip + h * T, bp + h * T, a.data(), T, fscale, rp + h * T, mp + h * T,
+                 ap + h * T);
   });
   return {d, m, arg, r};
 }
@@ -462,33 +503,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlstm_gates_bwd(const at::Tensor&
   at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
     std::vector<float> col(T);
     for (int64_t h = h0; h < h1; ++h) {
-      std::fill(col.begin(), col.end(), 0.0f);
-      float* __restrict cv = col.data();
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t o = (h * T + t) * T;
-        const float* __restrict g = dsp + o;
-        const float* __restrict sv = sp + o;
-        const float* __restrict dv = dp + o;
-        float* __restrict out = dsr + o;
-        const float add = drp[h * T + t];
-        float row = 0.0f;
-#pragma omp simd reduction(+ : row)
-        for (int64_t s2 = 0; s2 <= t; ++s2) {
-          const float gg = g[s2] + add;
-          out[s2] = gg * dv[s2] * fscale;
-          const float gl = gg * sv[s2];
-          row += gl;
-          cv[s2] += gl;
-        }
-        for (int64_t s2 = t + 1; s2 < T; ++s2) out[s2] = 0.0f;
-        // m_t = max_s log D[t, s]: its gradient (dm - row) goes to the arg-max entry; the row sum becomes dm
-        cv[ap[h * T + t]] += dmp[h * T + t] - row;
-        dbp[h * T + t] = dmp[h * T + t];
-      }
-      for (int64_t t = 0; t < T; ++t) {
-        dip[h * T + t] = cv[t];
-        dbp[h * T + t] -= cv[t];
-      }
+      const int64_t o = h * T * T, g = h * T;
+      cell_gates_backward(dsp + o, dsr + o, sp + o, dp + o, drp + g, dmp + g, ap + g, T, fscale, col.data(), dip + g,
+                          dbp + g);
     }
   });
   return {ds_raw, di, db};
@@ -565,36 +582,6 @@ CellArgs cell_args(const char* op, const at::Tensor& q, const at::Tensor& k, con
               T, "]");
   TORCH_CHECK(tile > 0, "lram::", op, ": 'tile' must be positive");
   return {H, T, DH, tile, static_cast<float>(scale), static_cast<float>(eps)};
-}
-
-// S <- scale * S_raw * D (lower triangle, 0 above) with D = exp(a_s - run_t), a = i - b; fills D too when given.
-// Returns the row sums in r and, when m/arg are given, the stabiliser m_t = b_t + run_t and its arg-max.
-inline void cell_gates(float* S, float* D, const float* ih, const float* bh, float* a, int64_t T, float scale, float* r,
-                       float* m, int64_t* arg) {
-  for (int64_t s = 0; s < T; ++s) a[s] = ih[s] - bh[s];
-  float run = -INFINITY;
-  int64_t at_ = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    if (a[t] > run) { run = a[t]; at_ = t; }  // first maximum, as torch.max
-    if (m) {
-      m[t] = bh[t] + run;
-      arg[t] = at_;
-    }
-    float* __restrict srow = S + t * T;
-    float* __restrict drow = D + t * T;
-    const float* __restrict av = a;
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t s = 0; s <= t; ++s) {
-      const float dv = exp_approx(av[s] - run);
-      drow[s] = dv;
-      const float sv = srow[s] * scale * dv;
-      srow[s] = sv;
-      acc += sv;
-    }
-    for (int64_t s = t + 1; s < T; ++s) drow[s] = srow[s] = 0.0f;
-    r[t] = acc;
-  }
 }
 
 // forward: returns h [H, T, DH], m, arg (int64), r, den [H, T]
@@ -679,30 +666,7 @@ std::vector<at::Tensor> mlstm_cell_bwd(const at::Tensor& dh_in, const at::Tensor
       }
       tril_abt(dnum, vp + o, G, T, DH, c.tile);  // G = dS = dnum v^T
       tril_xtc(S, dnum, dvp + o, T, DH, c.tile);  // dv = S^T dnum
-      // gate pass backward: G <- scale * (dS + dr) * D (the gradient of q k^T); d log D = (dS + dr) * S
-      std::fill(col, col + T, 0.0f);
-      for (int64_t t = 0; t < T; ++t) {
-        float* __restrict gr = G + t * T;
-        const float* __restrict sr = S + t * T;
-        const float* __restrict drow = D + t * T;
-        const float add = dr[t];
-        float row = 0.0f;
-#pragma omp simd reduction(+ : row)
-        for (int64_t s2 = 0; s2 <= t; ++s2) {
-          const float gg = gr[s2] + add;
-          gr[s2] = gg * drow[s2] * c.scale;
-          const float gl = gg * sr[s2];
-          row += gl;
-          col[s2] += gl;
-        }
-        for (int64_t s2 = t + 1; s2 < T; ++s2) gr[s2] = 0.0f;
-        col[ap[g + t]] += dm[t] - row;  // m_t = max_s log D[t, s]: its gradient goes to the arg-max entry
-        dbp[g + t] = dm[t];
-      }
-      for (int64_t t = 0; t < T; ++t) {
-        dip[g + t] = col[t];
-        dbp[g + t] -= col[t];
-      }
+      cell_gates_backward(G, G, S, D, dr, dm, ap + g, T, c.scale, col, dip + g, dbp + g);
       tril_xc(G, kp + o, dqp + o, T, DH, c.tile);   // dq = dS_raw k
       tril_xtc(G, qp + o, dkp + o, T, DH, c.tile);  // dk = dS_raw^T q
     }

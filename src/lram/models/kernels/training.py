@@ -139,12 +139,12 @@ class _MLSTMLayerParallel(torch.autograd.Function):
         B, NH, T = f.shape
         shape = (B, NH, T, -1)
         dh, dxc, d_up, d_norm_w, d_skip = ops.mlstm_post_bwd(dy, h.view(shape), xc, up, norm_w, skip, mean, rstd)
-        dq, dk, dv, di, db = ops.mlstm_cell_bwd(dh.view(h.shape), qf, kf, vf, i, b, h, m, arg, r, den, scale, cell_eps, tile)
-        dlf = db.view(B, NH, T).flip(-1).cumsum(-1).flip(-1) * torch.sigmoid(-f)
-        dg = torch.cat([di.view(B, NH, T), dlf], 1)
-        d_up, d_state, *d_weights = ops.mlstm_pre_bwd(dq.view(shape), dk.view(shape), dv.view(shape), dxc, xc, up, state,
-                                                      conv_w, conv_b, w_q, w_k, w_v, num_heads, dg, gate_w_c, gate_w_m,
-                                                      d_up)
+        from lram.models.mlstm_cells import cell_input_grads
+
+        dq, dk, dv, di, df = cell_input_grads(*ops.mlstm_cell_bwd(dh.view(h.shape), qf, kf, vf, i, b, h, m, arg, r, den,
+                                                                  scale, cell_eps, tile), f)
+        d_up, d_state, *d_weights = ops.mlstm_pre_bwd(dq, dk, dv, dxc, xc, up, state, conv_w, conv_b, w_q, w_k, w_v,
+                                                      num_heads, torch.cat([di, df], 1), gate_w_c, gate_w_m, d_up)
         return (d_up, d_state if ctx.needs_input_grad[1] else None, *d_weights, d_norm_w, d_skip, None, None, None, None)
 
 
