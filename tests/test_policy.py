@@ -164,6 +164,8 @@ def test_loss_masks_padding_and_matches_manual_ce():
                 count += 1
     assert abs(loss.item() - total / count) < 1e-5
     assert metrics["tokens"] == count
+    bare, none = model.loss(batch, metrics=False)  # the training step's form: the same loss, no diagnostics
+    assert torch.equal(bare, loss) and none == {}
 
 
 def test_discrete_loss_uses_first_slot_only():

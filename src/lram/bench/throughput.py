@@ -70,7 +70,7 @@ class OptimizerStep:
         self.optimizer = make_optimizer(param_groups(model, 0.01), 1e-4, torch.device("cpu"))
 
     def __call__(self) -> float:
-        loss, _ = self.model.loss(self.batch)
+        loss, _ = self.model.loss(self.batch, metrics=False)  # as the trainer's step
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.25)
         self.optimizer.step()

@@ -297,11 +297,12 @@ class LRAMPolicy(nn.Module):
         return PolicyOutput(logits=logits, hidden=hidden, state=new_state)
 
     def loss(self, batch: TrajectoryBatch, output: PolicyOutput | None = None,
-             token_count: torch.Tensor | float | None = None) -> tuple[torch.Tensor, dict]:
+             token_count: torch.Tensor | float | None = None, metrics: bool = True) -> tuple[torch.Tensor, dict]:
         """Masked cross-entropy over action tokens (padded timesteps and action dims contribute nothing).
         The mean is over this batch's valid tokens, or over ``token_count`` tokens if given (data-parallel
         training passes the global count / world size, so that averaging the ranks' gradients gives the
-        exact global mean)."""
+        exact global mean).  ``metrics=False`` skips the diagnostics (accuracy, action MSE: an arg-max over
+        every logit and host syncs), which a training step does not use; the returned dict is then empty."""
         if batch.actions is None:
             raise ValueError("actions: the loss needs target actions")
         out = self(batch) if output is None else output
@@ -318,6 +319,8 @@ class LRAMPolicy(nn.Module):
         w = valid.reshape(-1).float()
         n = w.sum().clamp_min(1.0)
         loss = (ce * w).sum() / (n if token_count is None else token_count)
+        if not metrics:
+            return loss, {}
         with torch.no_grad():
             pred = logits.argmax(-1)
             acc = ((pred == targets).float().reshape(-1) * w).sum() / n

@@ -373,7 +373,7 @@ class Trainer:
                         count = count.clamp_min(1.0) / self.world
                     with (self.ddp_model.no_sync() if sync else nullcontext()), self.autocast:
                         out = self.forward_model(batch)
-                        loss, m = self.model.loss(batch, out, count)
+                        loss, _ = self.model.loss(batch, out, count, metrics=False)
                     (loss / self.accum).backward()
                     value = loss.detach()
                     if self.distributed:
