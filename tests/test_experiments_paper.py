@@ -71,6 +71,87 @@ def test_latency_paper_scale_only_measures(tmp_path):
     assert plan["settings"]["size"] == "206M" and plan["settings"]["data"]["contexts"][-1] == 25600
 
 
+def _setting(name, cfg):
+    """The experiment-specific setting of a stage's config that its arms vary (or share)."""
+    model = cfg.model.build()
+    if name == "actions-in-context":
+        return cfg.model.action_condition
+    if name == "context-length":
+        return cfg.data.context
+    if name == "slstm-ratio":
+        return tuple(model.backbone_options.get("slstm_at", ()))
+    return model.backbone
+
+
+# name -> (arms, stages, the setting per stage (its distinct values))
+PAPER_ABLATIONS = {
+    "actions-in-context": (6, 6, {False, True}),
+    "context-length": (30, 30, {1, 5, 10, 25, 50}),
+    "slstm-ratio": (18, 18, {(), (1,), (0,), (1, 4), (1, 3, 5), (0, 1, 2, 3, 4, 5)}),
+    "icl-darkroom": (12, 12, {"xlstm", "mamba", "transformer"}),
+    "extrapolation": (18, 12, {"xlstm", "mamba", "transformer"}),  # the Transformer variants share its runs
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_ABLATIONS))
+def test_ablations_paper_scale_write_loadable_configs(tmp_path, name):
+    root, plan, configs, script = plan_of(tmp_path, name)
+    arms, stages, settings = PAPER_ABLATIONS[name]
+    assert len(plan["arms"]) == arms and len(configs) == stages and script.count("\nstage ") == stages
+    assert {_setting(name, cfg) for cfg in configs.values()} == settings
+    for stage, cfg in configs.items():
+        assert cfg.logging.run_dir == str(root / "runs" / stage) and cfg.train.seed == int(stage.rsplit("seed", 1)[1])
+        domains = {d.name: d for d in cfg.data.domains}
+        if name == "actions-in-context":  # the paper's 8 action dims, the two continuous-control domains
+            assert cfg.model.max_act_dim == 8 and cfg.model.size == "16M" and cfg.data.context == 50
+            assert {k: d.path for k, d in domains.items()} == {"metaworld": "data/metaworld",
+                                                               "dmcontrol": "data/dmcontrol"}
+        elif name == "context-length":  # the recipe's six domains, its own per-backbone file
+            assert len(domains) == 6 and cfg.model.size == "16M"
+            assert plan["stages"][stage]["recipe"].endswith(("xlstm-1-0_16M.yaml", "transformer_16M.yaml"))
+        else:  # Dark-Room in context, from configs/darkroom_icl.yaml
+            assert list(domains) == ["darkroom"] and domains["darkroom"].path == "data/darkroom"
+            assert domains["darkroom"].in_context and cfg.data.context == 400
+            assert plan["stages"][stage]["recipe"].endswith("darkroom_icl.yaml")
+    if name == "context-length":
+        assert {stage.split("-C=")[0] for stage in configs} == {"xlstm1-0", "transformer"}
+        assert all(cfg.data.context == int(stage.split("-C=")[1].split("-")[0]) for stage, cfg in configs.items())
+    if name == "actions-in-context":
+        assert all(cfg.model.action_condition == ("with-actions" in stage) for stage, cfg in configs.items())
+    if name in ("icl-darkroom", "slstm-ratio", "extrapolation"):
+        assert plan["settings"]["eval_episodes"] == 40 and list(plan["datasets"]) == ["data/darkroom"]
+    assert script.rstrip().endswith("--collect; fi")
+    subprocess.run(["bash", "-n", str(root / "launch.sh")], check=True)
+
+
+def test_actions_in_context_collect_computes_or_skips_the_smoothness(tmp_path, monkeypatch):
+    """At collect the data statistic comes from the launch's datasets, or is skipped with a note."""
+    from lram.data.episode import Episode
+    from lram.data.storage import PaperWriter
+    from lram.experiments.actions_in_context import ActionsInContext
+
+    monkeypatch.chdir(tmp_path)
+    exp = ActionsInContext()
+    scale = exp.scales["paper"]
+    exp.launch_data(scale)
+    results: dict = {}
+    exp.summarise(results, {}, scale)
+    assert "not found" in results["action_smoothness"]["note"] and "not computed" in exp.extra_table(results)
+    rng = np.random.default_rng(0)
+    for domain, task, dims in (("metaworld", "reach-v3", 4), ("dmcontrol", "cartpole-balance", 1)):
+        with PaperWriter(Path("data") / domain / task, fmt="npz", compress=False, progress=False) as w:
+            for _ in range(2):
+                w.write(Episode(states=rng.normal(size=(10, 5)).astype(np.float32),
+                                actions=rng.uniform(-1, 1, size=(10, dims)).astype(np.float32),
+                                rewards=rng.random(10).astype(np.float32)))
+    exp = ActionsInContext()
+    exp.launch_data(scale)
+    results = {}
+    exp.summarise(results, {}, scale)
+    assert sorted(results["action_smoothness"]["tasks"]) == ["dmcontrol/cartpole-balance", "metaworld/reach-v3"]
+    assert "MSD consecutive" in exp.extra_table(results)
+
+
 def test_launch_script_trains_pending_stages_and_resumes(tmp_path, monkeypatch):
     """The script as a cluster runs it, with a torchrun that only records its arguments (relative paths)."""
     monkeypatch.chdir(tmp_path)

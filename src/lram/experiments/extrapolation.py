@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from lram.experiments.core import Arm, Scale
+from lram.experiments.core import Arm, Scale, Stage
 from lram.experiments.icl import (
+    PAPER_ROOM,
     REPS,
     ROOM_6,
     ROOM_10,
@@ -29,6 +30,7 @@ from lram.experiments.icl import (
     held_out_tasks,
     history_tokens,
     in_context_report,
+    paper_launch,
     plot_curves,
     room_of,
     split_group,
@@ -81,6 +83,13 @@ class Extrapolation(InContextExperiment):
         # a step at 12,000-15,000 tokens on 2 busy cores, a few minutes per arm on idle ones)
         "cpu": Scale(size="tiny", train_steps=500, batch_size=16, context=30, seeds=(0, 1), eval_episodes=40,
                      data={"rooms": (ROOM_10,), "noise": 0.1, "backbones": RECURRENT}),
+        # the paper (spec 7.7, 7.8; its extrapolation experiment is not specified: a choice): configs/darkroom_icl.yaml
+        # (small preset, C = 400 timesteps = 1,200 tokens) per backbone on the 10x10 room's learning histories
+        # (data/darkroom), 3 seeds, 40 consecutive episodes per held-out goal on one context (12,000 tokens, 10x the
+        # window); the Transformer variants (KV window 1,200 tokens, re-processing the last 400 steps) evaluate the
+        # Transformer's runs; written, not run here
+        "paper": Scale(size="small", context=400, seeds=(0, 1, 2), eval_episodes=40,
+                       data={"rooms": (PAPER_ROOM,), "backbones": RECURRENT}, launch=paper_launch()),
     }
 
     def labels(self, scale: Scale) -> list[str]:
@@ -100,6 +109,16 @@ class Extrapolation(InContextExperiment):
         if label.startswith("transformer") and label != "transformer":
             return Arm(arm.group.replace(label, "transformer", 1), arm.seed, arm.overrides)
         return arm
+
+    def stages(self, arm: Arm, overrides: list[str], run: Path, scale: Scale) -> list[Stage]:
+        """A Transformer variant's stage is the Transformer's (same name and run: trained once, also by the
+        launch script)."""
+        trained = self.trained_arm(arm)
+        if trained == arm:
+            return super().stages(arm, overrides, run, scale)
+        own = run.parent / trained.name
+        shared = [f"logging.run_dir={own}" if o.startswith("logging.run_dir=") else o for o in overrides]
+        return super().stages(trained, shared, own, scale)
 
     def train_arm(self, arm: Arm, overrides: list[str], run: Path, scale: Scale, progress: bool) -> None:
         if self.trained_arm(arm) == arm:  # the variants come after the Transformer they evaluate

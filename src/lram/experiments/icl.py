@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lram.experiments.core import Arm, Experiment, Scale
+from lram.experiments.core import Arm, Experiment, Launch, Scale, Stage
 
 if TYPE_CHECKING:
     from lram.evaluation.rollout import EpisodeResult
@@ -37,6 +37,19 @@ REPS = 2000  # bootstrap resamples of the curves' CIs
 # first to its second episode, in normalised score over the held-out goals: 0.50 (10x10), 0.52 (6x6), 0.28 (5x5).
 ROOM_10 = {"size": 10, "max_steps": 100, "train_goals": 80, "episodes_per_goal": 5, "eval_goals": 20}
 ROOM_6 = {"size": 6, "max_steps": 36, "train_goals": 28, "episodes_per_goal": 5, "eval_goals": 8}
+# The paper scale (spec 7.8): the 10x10 room, its 80 / 20 goals; the learning histories are a dataset that must be
+# present where the launch script runs (``path``, as configs/darkroom_icl.yaml names it), 40 evaluation episodes
+# per held-out goal on one persisted context.
+PAPER_ROOM = {**ROOM_10, "path": "data/darkroom"}
+PAPER_DATA = {"data/darkroom": "Dark-Room 10x10 learning histories of the 80 training goals (the paper: RA-DT's PPO "
+                               "histories; stand-in: lram data generate darkroom data/darkroom --goals train "
+                               "--episodes-per-goal 200)"}
+
+
+def paper_launch() -> Launch:
+    """The Dark-Room experiments' launch: configs/darkroom_icl.yaml (the small preset, C = 400 timesteps = 4
+    consecutive episodes per window, 20,000 steps of 16 windows, in-context Dark-Room data) + each arm's backbone."""
+    return Launch(recipe="configs/darkroom_icl.yaml", datasets=dict(PAPER_DATA))
 
 
 # ----------------------------------------------------------------------------------------------- rooms and data
@@ -397,10 +410,17 @@ class InContextExperiment(Experiment):
         return [Arm(group_name(label, room), s, self.arm_overrides(label, scale, room))
                 for room in scale.data["rooms"] for label in self.labels(scale) for s in scale.seeds]
 
-    def train_arm(self, arm: Arm, overrides: list[str], run: Path, scale: Scale, progress: bool) -> None:
-        room = room_of(arm, scale)
-        packed = run.parent.parent / "data" / "packed" / f"room{room['size']}t{room['max_steps']}"
-        super().train_arm(arm, [*overrides, domain_override(packed)], run, scale, progress)
+    @staticmethod
+    def room_data(room: dict, run: Path) -> Path:
+        """The training data of an arm's room: a launch scale's dataset (the room's ``path``), else the one
+        make_data packed under the experiment's data/ folder."""
+        if "path" in room:
+            return Path(room["path"])
+        return run.parent.parent / "data" / "packed" / f"room{room['size']}t{room['max_steps']}"
+
+    def stages(self, arm: Arm, overrides: list[str], run: Path, scale: Scale) -> list[Stage]:
+        """One training run on the arm's room's data (here and in the launch script alike)."""
+        return [Stage(arm.name, (*overrides, domain_override(self.room_data(room_of(arm, scale), run))), run)]
 
     def evaluate(self, arm: Arm, run: Path, scale: Scale, progress: bool) -> dict:
         from lram.models.persistence import load_pretrained
@@ -447,6 +467,11 @@ class ICLDarkRoom(InContextExperiment):
         # sweep's return in episode 1 and the optimum from episode 2 on, every goal)
         "cpu": Scale(size="tiny", train_steps=500, batch_size=16, context=30, seeds=(0, 1), eval_episodes=20,
                      data={"rooms": (ROOM_10, ROOM_6), "noise": 0.1}),
+        # the paper (spec 7.8): configs/darkroom_icl.yaml per backbone on the 10x10 room's learning histories
+        # (data/darkroom), 3 seeds, 40 consecutive episodes per held-out goal on one context; written, not run here
+        # (size and context: the recipe's, small and 400 timesteps; the spec does not give the paper's)
+        "paper": Scale(size="small", context=400, seeds=(0, 1, 2), eval_episodes=40, data={"rooms": (PAPER_ROOM,)},
+                       launch=paper_launch()),
     }
 
     def labels(self, scale: Scale) -> list[str]:

@@ -11,11 +11,26 @@ over consecutive episodes on one recurrent state.
 from __future__ import annotations
 
 from lram.experiments.core import Scale
-from lram.experiments.icl import ROOM_6, ROOM_10, InContextExperiment, _ci, emergence_verdict, emerges, split_group
+from lram.experiments.icl import (
+    PAPER_ROOM,
+    ROOM_6,
+    ROOM_10,
+    InContextExperiment,
+    _ci,
+    emergence_verdict,
+    emerges,
+    paper_launch,
+    split_group,
+)
 
 # label -> sLSTM block indices among the tiny preset's 4 blocks ("xlstm[7:1]": the preset's own placement)
 PLACEMENTS = {"xlstm[1:0]": [], "xlstm[7:1]": [1], "slstm@0": [0], "slstm@3": [3], "slstm@0+2": [0, 2],
               "slstm@all": [0, 1, 2, 3]}
+# The paper scale's six configurations (its ablation has 6 mLSTM:sLSTM ratios, which ones the spec does not say:
+# a choice) among the small preset's 6 xLSTM blocks (configs/darkroom_icl.yaml): none ([1:0]), one at block 1 (the
+# preset's [7:1]: 5:1 at this depth), one at block 0, two (1, 4: 2:1), three (1, 3, 5: 1:1), all six (0:1)
+PAPER_PLACEMENTS = {"xlstm[1:0]": [], "xlstm[7:1]": [1], "slstm@0": [0], "slstm@1+4": [1, 4],
+                    "slstm@1+3+5": [1, 3, 5], "slstm@all": [0, 1, 2, 3, 4, 5]}
 
 
 class SLSTMRatio(InContextExperiment):
@@ -36,17 +51,27 @@ class SLSTMRatio(InContextExperiment):
         # down: ~1.5x for one, ~3x for four: ~25 min of training), evaluation ~2,000 batched steps per arm
         "cpu": Scale(size="tiny", train_steps=500, batch_size=16, context=30, seeds=(0, 1), eval_episodes=20,
                      data={"rooms": (ROOM_10,), "noise": 0.1, "placements": tuple(PLACEMENTS)}),
+        # the paper (spec 7.3, 7.8): configs/darkroom_icl.yaml (small preset, 6 xLSTM blocks, C = 400) per
+        # placement of PAPER_PLACEMENTS on the 10x10 room's learning histories (data/darkroom), 3 seeds, 40
+        # consecutive episodes per held-out goal on one context; written, not run here
+        "paper": Scale(size="small", context=400, seeds=(0, 1, 2), eval_episodes=40,
+                       data={"rooms": (PAPER_ROOM,), "placements": tuple(PAPER_PLACEMENTS)}, launch=paper_launch()),
     }
 
+    @staticmethod
+    def placement_map(scale: Scale) -> dict[str, list[int]]:
+        """Label -> sLSTM block indices at this scale (the paper scale's preset has 6 blocks, the others' 4)."""
+        return PAPER_PLACEMENTS if scale.launch is not None else PLACEMENTS
+
     def labels(self, scale: Scale) -> list[str]:
-        return list(scale.data.get("placements", PLACEMENTS))
+        return list(scale.data.get("placements", self.placement_map(scale)))
 
     def arm_overrides(self, label: str, scale: Scale, room: dict) -> tuple[str, ...]:
-        return ("model.backbone=xlstm[1:0]", f"model.backbone_options={{slstm_at: {PLACEMENTS[label]}}}")
+        return ("model.backbone=xlstm[1:0]", f"model.backbone_options={{slstm_at: {self.placement_map(scale)[label]}}}")
 
     def summarise(self, results: dict, reports: dict[str, dict], scale: Scale) -> None:
         super().summarise(results, reports, scale)
-        results["placements"] = {g: PLACEMENTS[split_group(g)[0]] for g in results["groups"]}
+        results["placements"] = {g: self.placement_map(scale)[split_group(g)[0]] for g in results["groups"]}
 
     def verdict(self, results: dict) -> str:
         """Agrees when xLSTM [7:1]'s last-quarter score (IQM) CI lies above [1:0]'s, disagrees when below; else the
