@@ -476,4 +476,5 @@ def plot_results(results: dict, path: Path) -> Path:
     right.set_ylabel("fraction of runs with score > tau")
     right.legend(fontsize=8, loc="upper right")
     right.set_title("performance profiles (tasks x seeds)")
+    fig.tight_layout()  # keep the axis labels inside the figure
     return _save(fig, path, {"experiment": results["experiment"], "scale": results["scale"]})
