@@ -43,14 +43,6 @@ REPROCESS = "transformer-reprocess"  # + the window in steps: the last steps re-
 BINS = ((1, 1), (2, 5), (6, 10), (11, 25), (26, 50), (51, 100))  # episode indices (1-based, inclusive)
 
 
-def _window_agent_available() -> bool:
-    try:
-        from lram.evaluation.window import WindowAgent  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def history_bins(episodes: int) -> list[tuple[int, int]]:
     """The bins of :data:`BINS` that fit ``episodes`` (the last one cut at ``episodes``)."""
     return [(a, min(b, episodes)) for a, b in BINS if a <= episodes]
@@ -68,7 +60,7 @@ class Extrapolation(InContextExperiment):
              "'transformer' keeps everything in its KV cache (learned positions up to 12,000, only the first 90 "
              "trained); 'transformer-kv90' attends to its last 90 tokens but its positions still count from the start; "
              "'transformer-reprocess30' re-runs the last 30 steps every step (the paper's protocol, positions always "
-             "trained; shown only where lram.evaluation.window exists). The task needs no long memory: the expert stays "
+             "trained). The task needs no long memory: the expert stays "
              "on the goal, so at an episode start the last 30 steps show where it is, as in every training window; what "
              "is measured is whether a long history in the state harms acting. cpu scale: tiny preset, 500 steps, "
              "2 seeds.")
@@ -93,9 +85,7 @@ class Extrapolation(InContextExperiment):
     }
 
     def labels(self, scale: Scale) -> list[str]:
-        variants = [f"{KV}{3 * scale.context}"]
-        if _window_agent_available():
-            variants.append(f"{REPROCESS}{scale.context}")
+        variants = [f"{KV}{3 * scale.context}", f"{REPROCESS}{scale.context}"]
         return [*scale.data.get("backbones", RECURRENT), "transformer", *variants]
 
     def arm_overrides(self, label: str, scale: Scale, room: dict) -> tuple[str, ...]:
