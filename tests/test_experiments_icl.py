@@ -183,6 +183,10 @@ def test_extrapolation_bins_scores_by_history_length():
     assert exp.verdict(res).startswith("agrees")
     flipped = synthetic_results(exp, {"xlstm[1:0]/10x10": fading, "transformer/10x10": learner}, episodes=30)
     assert exp.verdict(flipped).startswith("disagrees")
+    # a Transformer that fails from the first episode on has not degraded with history: not extrapolation
+    failing = synthetic_results(exp, {"xlstm[1:0]/10x10": learner, "transformer/10x10": flat(0.5)}, episodes=30)
+    verdict = exp.verdict(failing)
+    assert verdict.startswith("partly") and "already below it in the first bin" in verdict
 
 
 @pytest.mark.parametrize("name", ["icl-darkroom", "slstm-ratio", "extrapolation"])

@@ -29,6 +29,7 @@ class WindowAgent(RecurrentAgent):
         self.window = int(window)
         self.count = torch.zeros(num_envs, dtype=torch.long, device=self.device)  # real timesteps per row
         self._inputs: dict[str, torch.Tensor] | None = None  # [B, window, ...] per input, oldest first
+        self._groups: torch.Tensor | None = None  # [B, window, G, H] their token groups
         self._step_fn = self._window_step
 
     def reset(self, mask: torch.Tensor | None = None, keep_context: bool = False) -> None:
@@ -40,29 +41,35 @@ class WindowAgent(RecurrentAgent):
             self.count = self.count.masked_fill(rows, 0)
 
     def _window_step(self, obs, prev_reward, rtg, reward_scale, state, tokens):
-        """Append this step's inputs to each row's window and run the parallel forward over the windows."""
+        """Embed this step's inputs into each row's window of token groups and run the parallel backbone over
+        the windows.  Every timestep is embedded once (an image goes through the CNN once, not ``window``
+        times); only the oldest timestep is re-embedded with a padded previous action."""
         model, B, W = self.model, self.num_envs, self.window
         new = {"obs": obs, "prev_reward": prev_reward, "rtg": rtg}
         if tokens is not None:
             new["tokens"] = tokens
+        group = model.embed_groups(obs, rtg, prev_reward, tokens, reward_scale, batch_dims=1)  # [B, G, H]
         if self._inputs is None:
             self._inputs = {k: torch.zeros((B, W, *v.shape[1:]), dtype=v.dtype, device=self.device)
                             for k, v in new.items()}
+            self._groups = torch.zeros((B, W, *group.shape[1:]), dtype=group.dtype, device=self.device)
         full = self.count >= W
         if bool(full.any()):  # the oldest timestep of a full window drops out
-            for buf in self._inputs.values():
+            for buf in (*self._inputs.values(), self._groups):
                 buf[full] = buf[full].roll(-1, dims=1)
         pos = self.count.clamp(max=W - 1)
         rows = torch.arange(B, device=self.device)
         for k, v in new.items():
             self._inputs[k][rows, pos] = v.to(self._inputs[k].dtype)
+        self._groups[rows, pos] = group
         self.count = (self.count + 1).clamp(max=W)
         if "tokens" in self._inputs:  # training windows never see the action before their first step
-            self._inputs["tokens"][:, 0] = model.config.action_pad_id
+            first = {k: v[:, 0] for k, v in self._inputs.items()}
+            self._groups[:, 0] = model.embed_groups(first["obs"], first["rtg"], first["prev_reward"],
+                                                    torch.full_like(first["tokens"], model.config.action_pad_id),
+                                                    reward_scale, batch_dims=1)
         n = int(self.count.max())  # positions after a row's newest timestep do not reach it (causal)
-        x = {k: v[:, :n] for k, v in self._inputs.items()}
-        groups = model.embed_groups(x["obs"], x["rtg"], x["prev_reward"], x.get("tokens"), reward_scale, batch_dims=2)
-        G = groups.shape[2]
-        y, _ = model.backbone(groups.reshape(B, n * G, -1), None, return_state=False)
+        G = self._groups.shape[2]
+        y, _ = model.backbone(self._groups[:, :n].reshape(B, n * G, -1), None, return_state=False)
         hidden = y[:, G - 1 :: G][rows, self.count - 1]  # read-out at each row's newest group
         return model.action_head(hidden).reshape(B, model.config.max_act_dim, -1), state

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lram.experiments.core import Arm, Experiment, Launch, Scale, ci_verdict
+from lram.experiments.datasets import dmcontrol_sac
 
 GROUPS = {"no-actions": "false", "with-actions": "true"}  # group suffix -> model.action_condition
 MAX_ACT_DIM = 4  # the widest action here (Meta-World's); DMControl's tasks here have 1-2 dims
@@ -56,21 +57,6 @@ def domain_means(per_task: dict[str, dict], key: str) -> dict[str, float]:
     """The mean of ``key`` over each domain's tasks."""
     domains = sorted({t.split("/", 1)[0] for t in per_task})
     return {d: float(np.mean([v[key] for t, v in per_task.items() if t.startswith(d + "/")])) for d in domains}
-
-
-def _dmcontrol_task(argv: list[str]) -> None:
-    """One DMControl task's SAC expert and episodes, on one thread (SAC's small networks run far slower on
-    two threads than on one when the cores are busy)."""
-    import torch
-
-    from lram.data.generators import dmcontrol
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        dmcontrol.main(argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 class ActionsInContext(Experiment):
@@ -129,17 +115,8 @@ class ActionsInContext(Experiment):
         quiet = [] if progress else ["--quiet"]
         metaworld.main([str(root / "metaworld"), "--tasks", ",".join(d["metaworld_tasks"]), "--episodes",
                         str(d["metaworld_episodes"]), "--noise", "0.1", *quiet])
-        jobs = [[str(root / "dmcontrol"), "--tasks", task, "--algo", "sac", "--timesteps", str(d["sac_timesteps"]),
-                 "--episodes", str(d["dmcontrol_episodes"]), "--max-steps", str(d["dmcontrol_max_steps"]),
-                 "--workers", "1", *quiet] for task in d["dmcontrol_tasks"]]
-        if len(jobs) == 1:
-            _dmcontrol_task(jobs[0])
-        else:  # SAC is one core's work per task: the tasks train side by side
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(min(2, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-                list(pool.map(_dmcontrol_task, jobs))
+        dmcontrol_sac(root / "dmcontrol", d["dmcontrol_tasks"], timesteps=d["sac_timesteps"],
+                      episodes=d["dmcontrol_episodes"], max_steps=d["dmcontrol_max_steps"], quiet=not progress)
         for domain in ("metaworld", "dmcontrol"):
             convert_dataset_once(root / domain, root / "packed" / domain, "packed")
         packed = root / "packed"

@@ -49,5 +49,7 @@ class ImpalaEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255.0 if not images.is_floating_point() else images
-        x = F.relu(self.stacks(x))
+        # channels-last: oneDNN's convolutions (forward and backward) run ~1.5x faster on the CPU in this layout;
+        # the flatten below reads the logical [C, H, W] order, so the projection's weights are layout-independent
+        x = F.relu(self.stacks(x.contiguous(memory_format=torch.channels_last)))
         return F.relu(self.proj(x.flatten(1)))
