@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lram.experiments.core import Arm, Experiment, Launch, Scale
+from lram.experiments.datasets import dmcontrol_sac
 
 BACKBONES = ("xlstm[1:0]", "xlstm[7:1]", "mamba", "transformer")
 
@@ -19,28 +20,43 @@ class Backbones(Experiment):
     name = "backbones"
     claim = ("at equal size, xLSTM matches or outperforms the Transformer and Mamba as a multi-domain action "
              "model (paper Fig. 3, sizes 16M-206M, 432 tasks)")
-    notes = ("The IQM pools every task of every seed, so Dark-Room's goals (40 at cpu scale) outweigh Meta-World's "
-             "3 tasks: read the per-domain columns beside it. Dark-Room is scored in context (10 consecutive "
-             "episodes, ~3,000 tokens, on one state); the Transformer trained on 90-token windows, so most of those "
-             "positions are untrained for it (extrapolation the recurrent backbones do not need). The cpu scale is "
-             "the tiny preset (d_model 128), 1,500 steps; DMControl and an image domain are not in it yet.")
+    notes = ("The IQM pools every task of every seed, so Dark-Room's goals (40 at cpu scale) outweigh the other "
+             "domains' 5 tasks: read the per-domain columns beside it. Dark-Room is scored in context (10 "
+             "consecutive episodes on one state). The recurrent backbones act on their recurrent state (the whole "
+             "history); the Transformer acts on a sliding window of its 30 training timesteps re-processed every "
+             "step (the paper's protocol), so it cannot carry what it found across Dark-Room episodes. The cpu "
+             "scale is the tiny preset (d_model 128), 1,500 steps, and weak experts in places (DMControl: one task, "
+             "a 20k-step SAC; Atari: Freeway's scripted expert, ~30 points against 0 for random, and 10% of the "
+             "steps, since an image batch costs ~10x a vector batch).")
     scales = {
-        # seconds: the pipeline end to end (a few steps, cut episodes); the numbers mean nothing
+        # seconds: the pipeline end to end (a few steps, cut episodes, a 100-step SAC); the numbers mean nothing
         "smoke": Scale(size="tiny", train_steps=4, batch_size=2, context=6, seeds=(0,), eval_episodes=1,
                        eval_max_steps=8, data={"metaworld_tasks": ("reach-v3",), "metaworld_episodes": 2,
-                                               "darkroom_goals": 2, "darkroom_episodes": 2}),
-        # ~50 min on 2 cores (measured 2026-12-02): the demo's recipe (3,600 steps reach 1.0 success with
-        # xLSTM) at 1,500 steps per arm, 3 seeds x 4 backbones
+                                               "darkroom_goals": 2, "darkroom_episodes": 2,
+                                               "dmcontrol_tasks": ("cartpole-balance",), "dmcontrol_episodes": 2,
+                                               "dmcontrol_max_steps": 20, "sac_timesteps": 100,
+                                               "atari_games": ("freeway",), "atari_episodes": 1,
+                                               "atari_max_steps": 20,
+                                               "weights": {"metaworld": 1, "darkroom": 1, "dmcontrol": 1,
+                                                           "atari": 1}}),
+        # four domains, one of them images: Meta-World (3 tasks, scripted experts), Dark-Room (40 goals,
+        # learning histories), DMControl (cartpole-balance, a 20k-step SAC expert, 1,000-step episodes) and Atari
+        # Freeway (the scripted expert, full games of 2,048 steps, IMPALA CNN); 1,500 steps per arm, 3 seeds x 4
+        # backbones.  An image batch (16 x 30 frames) costs ~10x a vector batch, so Atari gets 10% of the steps
         "cpu": Scale(size="tiny", train_steps=1500, batch_size=16, context=30, seeds=(0, 1, 2), eval_episodes=10,
                      data={"metaworld_tasks": ("reach-v3", "button-press-topdown-v3", "drawer-close-v3"),
-                           "metaworld_episodes": 100, "darkroom_goals": 40, "darkroom_episodes": 10}),
+                           "metaworld_episodes": 100, "darkroom_goals": 40, "darkroom_episodes": 10,
+                           "dmcontrol_tasks": ("cartpole-balance",), "dmcontrol_episodes": 30,
+                           "dmcontrol_max_steps": 1000, "sac_timesteps": 20000,
+                           "atari_games": ("freeway",), "atari_episodes": 10, "atari_max_steps": 27000,
+                           "weights": {"metaworld": 0.5, "darkroom": 0.2, "dmcontrol": 0.2, "atari": 0.1}}),
         # the paper (spec 4.5, 5.1): configs/paper/BACKBONE_206M.yaml (six domains, 432 tasks, C = 50, 33,334
         # optimizer steps of 6 x 128 windows on 4 A100s), 3 seeds, 5 episodes per task; written, not run here
         "paper": Scale(size="206M", seeds=(0, 1, 2), eval_episodes=5, eval_workers=8, launch=Launch()),
     }
 
     def make_data(self, root: Path, scale: Scale, progress: bool) -> list[str]:
-        from lram.data.generators import darkroom, metaworld
+        from lram.data.generators import atari, darkroom, metaworld
         from lram.data.storage import convert_dataset_once
         from lram.envs.darkroom import goal_split
 
@@ -51,25 +67,35 @@ class Backbones(Experiment):
         goals = goal_split("train")[: d["darkroom_goals"]]
         darkroom.main([str(root / "darkroom"), "--goals", ";".join(f"{x},{y}" for x, y in goals),
                        "--episodes-per-goal", str(d["darkroom_episodes"]), "--algo", "sweep", "--noise", "0.1", *quiet])
-        for domain in ("metaworld", "darkroom"):
+        dmcontrol_sac(root / "dmcontrol", d["dmcontrol_tasks"], timesteps=d["sac_timesteps"],
+                      episodes=d["dmcontrol_episodes"], max_steps=d["dmcontrol_max_steps"], quiet=not progress)
+        atari.main([str(root / "atari"), "--games", ",".join(d["atari_games"]), "--algo", "scripted", "--episodes",
+                    str(d["atari_episodes"]), "--max-steps", str(d["atari_max_steps"]), "--compress", *quiet])
+        domains = ("metaworld", "darkroom", "dmcontrol", "atari")
+        for domain in domains:
             convert_dataset_once(root / domain, root / "packed" / domain, "packed")
         packed = root / "packed"
-        return [f"data.domains=[{{name: metaworld, path: {packed / 'metaworld'}}}, "
-                f"{{name: darkroom, path: {packed / 'darkroom'}, return_condition: false}}]",
-                "data.domain_weights={metaworld: 0.8, darkroom: 0.2}"]
+        entries = ", ".join(f"{{name: {n}, path: {packed / n}" + (", return_condition: false}" if n == "darkroom" else "}")
+                            for n in domains)
+        weights = ", ".join(f"{n}: {w}" for n, w in d["weights"].items())
+        return [f"data.domains=[{entries}]", f"data.domain_weights={{{weights}}}", "model.use_images=true"]
 
     def arms(self, scale: Scale) -> list[Arm]:
-        return [Arm(b, s, (f"model.backbone={b}", *self.backbone_overrides(b, scale))) for b in BACKBONES
-                for s in scale.seeds]
+        return [Arm(b, s, (f"model.backbone={b}",)) for b in BACKBONES for s in scale.seeds]
 
-    @staticmethod
-    def backbone_overrides(backbone: str, scale: Scale) -> tuple[str, ...]:
-        """The Transformer's learned positions must cover the longest evaluation history: Dark-Room plays
-        ``eval_episodes`` consecutive 100-step episodes on one context (3 tokens a step).  Positions beyond
-        the training window stay untrained -- the extrapolation the recurrent backbones do not need."""
-        if backbone != "transformer":
-            return ()
-        return (f"model.backbone_options={{max_positions: {max(1600, 3 * 100 * scale.eval_episodes + 64)}}}",)
+    def evaluate(self, arm: Arm, run: Path, scale: Scale, progress: bool) -> dict:
+        """Recurrent backbones act on their recurrent state (the whole history, lram's default); the Transformer
+        on a sliding window of its training context, re-processed every step (the paper's protocol): a KV cache
+        of the whole history would put it at positions it never trained."""
+        import json
+
+        from lram.evaluation.evaluate import evaluate_checkpoint
+
+        window = None
+        if arm.group == "transformer":  # the run's own training context (config.json, written by the trainer)
+            window = int(json.loads((run / "config.json").read_text())["data"]["context"])
+        return evaluate_checkpoint(run, episodes=scale.eval_episodes, random_baseline=True, window=window,
+                                   max_steps=scale.eval_max_steps, workers=scale.eval_workers, progress=progress)
 
     def verdict(self, results: dict) -> str:
         """Agrees when xLSTM [1:0]'s IQM CI reaches the best other backbone's IQM (matches or beats it);

@@ -421,7 +421,7 @@ def aggregate(exp: Experiment, scale_name: str, scale: Scale, arms: Sequence[Arm
             row.update(mean=float(point[0]), iqm=float(point[1]), mean_ci=[float(ci[0][0]), float(ci[1][0])],
                        iqm_ci=[float(ci[0][1]), float(ci[1][1])])
         rows[group] = row
-    return {"experiment": exp.name, "claim": exp.claim, "scale": scale_name, "settings": asdict(scale),
+    return {"experiment": exp.name, "claim": exp.claim, "notes": exp.notes, "scale": scale_name, "settings": asdict(scale),
             "arms": [a.name for a in arms], "groups": rows, "scored": exp.scored,
             "ci": f"95% stratified bootstrap over tasks x seeds (rliable, {reps} reps)"}
 

@@ -33,7 +33,7 @@ def write_results_doc(results_root: str | Path, out: str | Path) -> Path:
         collect = " --collect" if res["scale"] == "paper" else ""
         table = format_table(res, exp).split("\n", 2)[2].strip()
         lines += [f"## {name}", "", f"Command: `lram experiment {name} --scale {res['scale']}{collect}`", "", table, "",
-                  *([exp.notes, ""] if exp is not None and exp.notes else []),
+                  *([notes, ""] if (notes := res.get("notes", exp.notes if exp is not None else "")) else []),
                   f"**Verdict ({res['scale']} scale):** {verdict}", ""]
         for png in [path.parent / f"{name}.png", *sorted(path.parent.glob(f"{name}-*.png"))]:
             if png.exists():
