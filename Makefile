@@ -12,6 +12,10 @@ PROCGEN ?= procgen2==0.10.7 gym3==0.3.3 gym==0.26.2 cffi==1.17.1 pycparser==2.23
 # on which it runs), so it is installed with --no-deps too; minihack 1.0.2 imports pkg_resources, which setuptools 82
 # removed (torch needs >=77.0.3).  nle's declared pybind11 is a build need only.  `make setup MINIHACK=` skips it.
 MINIHACK ?= nle==1.3.0 minihack==1.0.2 setuptools==80.10.2
+# robosuite 1.5.2 (Composuite / MimicGen, issue 11) declares mink==0.0.5, which forces numpy<2 and serves only its
+# whole-body IK; with --no-deps and its real run-time needs pinned (numba + llvmlite, termcolor; scipy, Pillow and cv2
+# come with the other extras) it runs on numpy 2.  `make setup ROBOSUITE=` skips it.
+ROBOSUITE ?= robosuite==1.5.2 numba==0.68.0 llvmlite==0.50.0 termcolor==3.3.0
 
 .PHONY: setup test demo bench lint proto clean
 
@@ -24,6 +28,7 @@ $(VENV)/.lram-installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	test -z "$(PROCGEN)" || $(BIN)/python -m pip install -q --no-deps $(PROCGEN)
 	test -z "$(MINIHACK)" || $(BIN)/python -m pip install -q --no-deps $(MINIHACK)
+	test -z "$(ROBOSUITE)" || $(BIN)/python -m pip install -q --no-deps $(ROBOSUITE)
 	touch $@
 
 test: setup
